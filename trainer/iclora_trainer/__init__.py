@@ -1,0 +1,1 @@
+"""masked-iclora trainer: dataset preflight and the masked IC-LoRA trainer."""
