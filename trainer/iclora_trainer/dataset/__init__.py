@@ -1,0 +1,1 @@
+"""Dataset preflight: fetch, extract, match triplets, fit clips and masks."""
