@@ -1,0 +1,1 @@
+"""Small CLI commands of the operator package."""
