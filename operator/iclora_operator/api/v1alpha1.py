@@ -173,7 +173,9 @@ class MaskedICLoraTrainingSpec(ApiModel):
     split_input_into_scenes: bool = Field(
         default=False,
         description="Must be false: scene splitting would desync reference, target and mask.",
-        json_schema_extra={"x-kubernetes-validations": [{"rule": "!self", "message": SCENE_SPLITTING_MESSAGE}]},
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": "!self", "message": SCENE_SPLITTING_MESSAGE}]
+        },
     )
     split_input_duration_threshold: Annotated[float, Field(ge=1.0, le=60.0)] = Field(
         default=30.0, description="Scene-splitting threshold in seconds (unused while splitting is off)."

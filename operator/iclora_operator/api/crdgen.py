@@ -1,0 +1,188 @@
+"""Render the CustomResourceDefinition from the pydantic API model.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` with
+null, boolean `exclusiveMinimum`, no `title`. Defaults are deliberately left
+out of the CRD: the API server would write them into stored objects, and the
+spec must stay exactly as the user (or Git) wrote it. The operator applies
+defaults with the same model and reports effective values in status.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from iclora_operator.api.v1alpha1 import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    SINGULAR,
+    MaskedICLoraTrainingSpec,
+    MaskedICLoraTrainingStatus,
+)
+
+# Keys of pydantic's JSON Schema that a CRD schema does not allow or need.
+_DROPPED_KEYS = {"title", "default", "$defs", "additionalProperties"}
+
+IMMUTABLE_EXCEPT = {"suspend"}
+CATEGORIES = ["iclora"]
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(branches) == 1:
+            # Optional[X]: the field is simply not required; nulls are pruned by the server.
+            return _resolve({**branches[0], **rest}, defs)
+        node = {**rest, "anyOf": branches}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS:
+            continue
+        if key == "exclusiveMinimum":
+            out["minimum"] = value
+            out["exclusiveMinimum"] = True
+            continue
+        if key == "exclusiveMaximum":
+            out["maximum"] = value
+            out["exclusiveMaximum"] = True
+            continue
+        if key == "properties":
+            out[key] = {name: _resolve(prop, defs) for name, prop in value.items()}
+            continue
+        out[key] = _resolve(value, defs)
+    if out.get("type") == "object" and "properties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def structural_schema(model: type[Any]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    return _resolve(raw, defs)
+
+
+def _immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
+    """One transition rule per field: present/absent and value must not change after creation."""
+    rules = []
+    for name in spec_schema["properties"]:
+        if name in IMMUTABLE_EXCEPT:
+            continue
+        rules.append(
+            {
+                "rule": (
+                    f"has(self.{name}) == has(oldSelf.{name}) && "
+                    f"(!has(self.{name}) || self.{name} == oldSelf.{name})"
+                ),
+                "message": f"spec.{name} is immutable after creation (only spec.suspend may change)",
+                "fieldPath": f".{name}",
+                "reason": "FieldValueForbidden",
+            }
+        )
+    return rules
+
+
+def _document_defaults(schema: dict[str, Any]) -> None:
+    """Say each default in its description, since the CRD itself carries no defaults."""
+    for name, field in MaskedICLoraTrainingSpec.model_fields.items():
+        if field.is_required():
+            continue
+        default = field.get_default(call_default_factory=True)
+        if default is None or default == [] or name == "validation_negative_prompt":
+            continue
+        prop = schema["properties"][field.alias or name]
+        shown = default.value if hasattr(default, "value") else default
+        shown = str(shown).lower() if isinstance(shown, bool) else shown
+        text = prop.get("description", "").rstrip()
+        prop["description"] = f"{text} Default: {shown}.".strip()
+
+
+def spec_schema() -> dict[str, Any]:
+    schema = structural_schema(MaskedICLoraTrainingSpec)
+    _document_defaults(schema)
+    schema["x-kubernetes-validations"] = _immutability_rules(schema)
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    return structural_schema(MaskedICLoraTrainingStatus)
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.progress.totalSteps", "priority": 1},
+    {"name": "Loss", "type": "string", "jsonPath": ".status.progress.loss"},
+    {"name": "Units", "type": "integer", "jsonPath": ".status.billingUnits"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.failure.reason", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def render_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{API_GROUP}",
+            "labels": {"app.kubernetes.io/name": "masked-iclora", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": [SHORT_NAME],
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "Trains a masked video-to-video IC-LoRA for LTX-2.3 from a dataset "
+                                "of reference/target/mask triplets."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `iclora crd` from iclora_operator/api/v1alpha1.py. Do not edit.\n"
+
+
+def render_crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(render_crd(), sort_keys=False, width=100, allow_unicode=True)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install everything the
+# demo and the tests need. Prints nothing but progress on stderr; the venv path
+# is $ICLORA_VENV (default ~/.cache/masked-iclora/venv).
+#
+# Heavy dependencies (torch, DeepSpeed, ltx-core) are installed once and reused
+# while pyproject.toml and this script are unchanged; the project itself is
+# re-installed (editable, no deps) on every call so the venv follows the checkout.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ICLORA_VENV:-$HOME/.cache/masked-iclora/venv}"
+PY="${PYTHON:-python3}"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+stamp_now="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup-env.sh" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$VENV/.iclora-stamp" 2>/dev/null)" != "$stamp_now" ]; then
+  start=$(date +%s)
+  log "installing dependencies (first run: a few minutes, torch is large)"
+  "$VENV/bin/pip" install -q -U pip wheel setuptools
+  # DeepSpeed builds from source; its CUDA ops are JIT-compiled where a GPU exists.
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -e "$ROOT[operator,trainer,dev]"
+  # ltx-core's declared dependencies pull a CUDA torchaudio that breaks CPU
+  # imports; its real dependencies are listed in our `trainer` extra.
+  "$VENV/bin/pip" install -q --no-deps "ltx-core==1.0.0" "ltx-pipelines==1.0.0"
+  echo "$stamp_now" > "$VENV/.iclora-stamp"
+  log "dependencies installed in $(( $(date +%s) - start )) s"
+else
+  "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
+fi
