@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
-from iclora_operator.api.crdgen import render_crd, render_crd_yaml
-from iclora_operator.commands.crd import CRD_FILE
+from iclora_operator.api.crdgen import crd_files, render_crd, render_crd_yaml, render_profile_crd
 from tests.conftest import REPO_ROOT
 
 
-def test_committed_crd_is_up_to_date():
-    committed = (REPO_ROOT / "crds" / CRD_FILE).read_text()
-    assert committed == render_crd_yaml(), "crds/ is stale: run `iclora crd --write crds`"
+def test_committed_crds_are_up_to_date():
+    committed = {p.name: p.read_text() for p in (REPO_ROOT / "crds").glob("*.yaml")}
+    assert committed == crd_files(), "crds/ is stale: run `iclora crd --write crds`"
 
 
-def test_iclora_crd_prints_the_committed_file(run_iclora):
+def test_iclora_crd_prints_the_committed_files(run_iclora):
     result = run_iclora("crd")
     assert result.returncode == 0
-    assert result.stdout == (REPO_ROOT / "crds" / CRD_FILE).read_text()
+    assert result.stdout == render_crd_yaml()
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert [d["spec"]["names"]["kind"] for d in docs] == ["MaskedICLoraTraining", "TrainingProfile"]
 
 
 def _walk(node, path="$"):
@@ -30,8 +32,9 @@ def _walk(node, path="$"):
             yield from _walk(value, f"{path}[{i}]")
 
 
-def test_schema_is_structural():
-    schema = render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("render", [render_crd, render_profile_crd])
+def test_schema_is_structural(render):
+    schema = render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
         for forbidden in ("$ref", "$defs", "anyOf", "title", "default", "const"):
             assert forbidden not in node, f"{forbidden} at {path}"
@@ -40,7 +43,7 @@ def test_schema_is_structural():
 
 
 def test_crd_shape():
-    crd = yaml.safe_load(render_crd_yaml())
+    crd = render_crd()
     spec = crd["spec"]
     assert spec["names"]["kind"] == "MaskedICLoraTraining"
     assert spec["names"]["shortNames"] == ["micl"]
