@@ -50,6 +50,8 @@ class Reason(StrEnum):
     """Stalled: the archive or its triplets break a dataset rule."""
     NO_USABLE_CLIPS = "NoUsableClips"
     """Stalled: no triplet survived fitting (too short, all-black mask, ...)."""
+    PREFLIGHT_FAILED = "PreflightFailed"
+    """Stalled: the preflight Job failed for an internal reason (not the dataset's fault)."""
     TRAINING_FAILED = "TrainingFailed"
     """Stalled: the training Job failed for an internal reason."""
     DEADLINE_EXCEEDED = "DeadlineExceeded"

@@ -1,0 +1,348 @@
+"""The one place that decides a training's status and the operator's next actions.
+
+`decide(observed, now)` is pure: it returns the complete desired status and the
+actions to carry out. Decisions come from observed children and the object
+store; the only things read back from our own earlier status are the facts
+that must never change once written (billing, a terminal outcome, the time the
+training Job was first created, condition transition times, progress that
+never goes backwards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from iclora_operator.api.conditions import ConditionType, Phase, Reason
+from iclora_operator.billing import billing_units
+from iclora_operator.reconcile.failures import classify_failure
+from iclora_operator.reconcile.observed import Observed
+
+TERMINAL_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}
+
+
+class Action(StrEnum):
+    CREATE_PREFLIGHT = "CreatePreflight"
+    CREATE_TRAINING = "CreateTraining"
+    SUSPEND_TRAINING = "SuspendTraining"
+    RESUME_TRAINING = "ResumeTraining"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: dict[str, Any]
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    # Whether the training Job should be created suspended (Kueue admits it).
+    create_suspended: bool = False
+    billed: int | None = None
+
+
+@dataclass
+class _Draft:
+    """Mutable scratch space while deciding; frozen into a Plan at the end."""
+
+    phase: Phase
+    reason: Reason
+    message: str
+    validated: tuple[bool, Reason, str] | None = None
+    preflight: tuple[bool, Reason, str] | None = None
+    admitted: tuple[bool, Reason, str] | None = None
+    suspended: bool = False
+    reconciling_reason: Reason | None = None
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, phase: Phase, reason: Reason, message: str) -> None:
+        self.phase, self.reason, self.message = phase, reason, message
+
+
+def _iso(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(prev: dict[str, dict[str, Any]], ctype: ConditionType, status: bool, reason: Reason,
+               message: str, now: datetime, generation: int) -> dict[str, Any]:
+    value = "True" if status else "False"
+    old = prev.get(ctype.value)
+    # lastTransitionTime moves only when the status flips (metav1.Condition semantics).
+    changed_at = old["lastTransitionTime"] if old and old.get("status") == value else _iso(now)
+    return {
+        "type": ctype.value,
+        "status": value,
+        "reason": reason.value,
+        "message": message[:1024],
+        "lastTransitionTime": changed_at,
+        "observedGeneration": generation,
+    }
+
+
+def _conditions(draft: _Draft, prev_status: dict[str, Any], now: datetime, gen: int) -> list[dict[str, Any]]:
+    prev = {c.get("type"): c for c in prev_status.get("conditions") or []}
+    phase = draft.phase
+    succeeded = phase == Phase.SUCCEEDED
+    failed = phase == Phase.FAILED
+    in_progress = phase in (Phase.PENDING, Phase.PREFLIGHT, Phase.QUEUED, Phase.TRAINING)
+    reconciling_reason = draft.reconciling_reason or draft.reason
+    out = [
+        _condition(prev, ConditionType.READY, succeeded, draft.reason, draft.message, now, gen),
+        _condition(prev, ConditionType.RECONCILING, in_progress, reconciling_reason, draft.message, now, gen),
+        _condition(prev, ConditionType.STALLED, failed, draft.reason, draft.message if failed else "",
+                   now, gen),
+    ]
+    for ctype, value in (
+        (ConditionType.VALIDATED, draft.validated),
+        (ConditionType.PREFLIGHT_SUCCEEDED, draft.preflight),
+        (ConditionType.ADMITTED, draft.admitted),
+    ):
+        if value is not None:
+            out.append(_condition(prev, ctype, value[0], value[1], value[2], now, gen))
+    if draft.suspended or ConditionType.SUSPENDED.value in prev:
+        reason = Reason.SUSPENDED if draft.suspended else Reason.ADMITTED
+        message = "suspended by spec.suspend" if draft.suspended else "resumed"
+        out.append(_condition(prev, ConditionType.SUSPENDED, draft.suspended, reason, message, now, gen))
+    return out
+
+
+def _effective(obs: Observed) -> dict[str, Any] | None:
+    spec = obs.spec
+    if spec is None:
+        return None
+    width, height = spec.size
+    vwidth, vheight = spec.validation_size
+    return {
+        "numberOfFrames": spec.effective_number_of_frames,
+        "validationNumberOfFrames": spec.effective_validation_number_of_frames,
+        "width": width,
+        "height": height,
+        "validationWidth": vwidth,
+        "validationHeight": vheight,
+    }
+
+
+def _progress(obs: Observed, prev_status: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    total = obs.spec.number_of_steps if obs.spec else 0
+    prev = prev_status.get("progress") or {}
+    step = int(prev.get("step") or 0)
+    loss, eta, updated = prev.get("loss"), prev.get("etaSeconds"), prev.get("updatedAt")
+    p = obs.progress
+    if p is not None and p.step >= step:
+        # Progress shown never goes backwards (a resumed run re-reports older steps).
+        step = p.step
+        loss = f"{p.loss:.4f}" if p.loss is not None else loss
+        eta = p.eta_seconds
+        updated = p.heartbeat
+    out = {"step": step, "totalSteps": total}
+    if loss is not None:
+        out["loss"] = loss
+    if eta is not None:
+        out["etaSeconds"] = int(eta)
+    if updated:
+        out["updatedAt"] = updated
+    return out
+
+
+def _fail(draft: _Draft, reason: Reason, message: str) -> None:
+    draft.set(Phase.FAILED, reason, message)
+    draft.events.append(Event("Warning", reason.value, message))
+
+
+def _preflight_passed(obs: Observed) -> bool:
+    if obs.preflight_report is not None:
+        return obs.preflight_report.ok
+    return obs.preflight_job is not None and obs.preflight_job.complete
+
+
+def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
+    """Drive the CPU preflight; True once it passed."""
+    job = obs.preflight_job
+    report = obs.preflight_report
+    if report is not None and not report.ok and (job is None or job.failed or job.complete):
+        known = report.reason in Reason.__members__.values()
+        reason = Reason(report.reason) if known else Reason.DATASET_INVALID
+        draft.preflight = (False, reason, report.message or reason.value)
+        _fail(draft, reason, report.message or "the dataset was rejected")
+        return False
+    if _preflight_passed(obs):
+        usable = report.usable if report else 0
+        draft.preflight = (True, Reason.PASSED, f"{usable} usable triplets")
+        return True
+    if job is None:
+        draft.actions.append(Action.CREATE_PREFLIGHT)
+        draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, "starting the preflight")
+        return False
+    if not job.owned:
+        _fail(draft, Reason.NAME_CONFLICT, f"Job {job.name} exists and does not belong to this training")
+        return False
+    if job.failed:
+        reason, message = classify_failure(job, "preflight", report.reason if report else None,
+                                           report.message if report else None)
+        draft.preflight = (False, Reason.PREFLIGHT_FAILED if reason == Reason.PREFLIGHT_FAILED else reason,
+                           message)
+        _fail(draft, reason, message)
+        return False
+    draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, "checking the dataset")
+    return False
+
+
+def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
+    job = obs.training_job
+    spec = obs.spec
+    assert spec is not None  # checked by the caller; kept for type narrowing only
+    prev = obs.status
+    if job is None:
+        if prev.get("startTime"):
+            _fail(draft, Reason.JOB_DELETED,
+                  f"training Job {obs.name}-train was deleted by someone else; not recreating it")
+            return
+        if spec.suspend:
+            draft.set(Phase.SUSPENDED, Reason.SUSPENDED, "suspended before training")
+            draft.suspended = True
+            return
+        if not obs.slot_available:
+            draft.phase, draft.reason = Phase.QUEUED, Reason.QUEUED
+            draft.message = "waiting for the namespace's concurrency limit"
+            draft.admitted = (False, Reason.WAITING_FOR_QUOTA, draft.message)
+            return
+        draft.actions.append(Action.CREATE_TRAINING)
+        draft.extra["startTime"] = _iso(now)
+        if obs.kueue_managed:
+            draft.set(Phase.QUEUED, Reason.QUEUED, "waiting for Kueue admission")
+            draft.admitted = (False, Reason.WAITING_FOR_QUOTA, draft.message)
+        else:
+            draft.set(Phase.TRAINING, Reason.TRAINING, "training started")
+            draft.admitted = (True, Reason.ADMITTED, "training Job created")
+        return
+    if not job.owned:
+        _fail(draft, Reason.NAME_CONFLICT, f"Job {job.name} exists and does not belong to this training")
+        return
+    result = obs.result
+    if job.complete:
+        if result is None or result.status != "Succeeded" or result.artifacts is None:
+            _fail(draft, Reason.ARTIFACTS_MISSING,
+                  "the training Job completed without a successful result.json")
+        elif obs.artifacts_verified is False:
+            _fail(draft, Reason.ARTIFACTS_MISSING, "result.json names artifacts that are not in the store")
+        elif obs.artifacts_verified:
+            draft.set(Phase.SUCCEEDED, Reason.SUCCEEDED, "LoRA trained")
+            arts = result.artifacts.model_dump(by_alias=True, exclude_none=True)
+            draft.extra["artifacts"] = arts
+            draft.extra["completionTime"] = _iso(now)
+        else:
+            draft.set(Phase.TRAINING, Reason.TRAINING, "verifying artifacts")
+        draft.admitted = (True, Reason.ADMITTED, "training Job ran")
+        return
+    if job.failed:
+        reason, message = classify_failure(job, "training", result.reason if result else None,
+                                           result.message if result else None)
+        _fail(draft, reason, message)
+        return
+    if spec.suspend:
+        if not job.suspended:
+            draft.actions.append(Action.SUSPEND_TRAINING)
+        draft.set(Phase.SUSPENDED, Reason.SUSPENDED, "suspended by spec.suspend")
+        draft.suspended = True
+        return
+    if job.suspended:
+        if job.suspended_by_user or not obs.kueue_managed:
+            draft.actions.append(Action.RESUME_TRAINING)
+            draft.set(Phase.TRAINING, Reason.TRAINING, "resuming from checkpoint")
+            draft.admitted = (True, Reason.ADMITTED, "resumed")
+            return
+        was_admitted = any(c.get("type") == ConditionType.ADMITTED.value and c.get("status") == "True"
+                           for c in prev.get("conditions") or [])
+        why = Reason.EVICTED if was_admitted else Reason.WAITING_FOR_QUOTA
+        draft.phase, draft.reason = Phase.QUEUED, Reason.QUEUED
+        draft.message = "evicted by Kueue; resumes from checkpoint" if was_admitted else "waiting for Kueue"
+        draft.admitted = (False, why, draft.message)
+        return
+    draft.set(Phase.TRAINING, Reason.TRAINING, "training")
+    draft.admitted = (True, Reason.ADMITTED, "training Job running")
+
+
+def _stale(obs: Observed, now: datetime, stale_after: int) -> bool:
+    p = obs.progress
+    if p is None:
+        return False
+    try:
+        beat = datetime.fromisoformat(p.heartbeat.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return (now - beat).total_seconds() > stale_after
+
+
+def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
+    prev = obs.status
+    gen = obs.generation
+    if prev.get("phase") in TERMINAL_PHASES:
+        # A finished training stays finished: only the generation we have seen moves.
+        status = dict(prev)
+        status["observedGeneration"] = gen
+        return Plan(status=status)
+
+    draft = _Draft(phase=Phase.PENDING, reason=Reason.VALIDATING, message="validating the spec")
+    if obs.spec is None:
+        message = "; ".join(f"{e.field}: {e.message}" for e in obs.spec_errors) or "invalid spec"
+        draft.validated = (False, Reason.INVALID_SPEC, message)
+        _fail(draft, Reason.INVALID_SPEC, message)
+    else:
+        draft.validated = (True, Reason.VALID, "the spec passed every rule")
+        if obs.profile is None:
+            _fail(draft, Reason.PROFILE_NOT_FOUND, f"TrainingProfile {obs.profile_name!r} does not exist")
+        elif _decide_preflight(obs, draft):
+            _decide_training(obs, draft, now)
+            if draft.phase == Phase.TRAINING and _stale(obs, now, stale_after):
+                draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
+
+    status: dict[str, Any] = {
+        "phase": draft.phase.value,
+        "observedGeneration": gen,
+        "conditions": _conditions(draft, prev, now, gen),
+    }
+    effective = _effective(obs)
+    if effective:
+        status["effective"] = effective
+    if obs.spec is not None:
+        status["progress"] = _progress(obs, prev, now)
+    report = obs.preflight_report
+    if report is not None:
+        status["dataset"] = {"usable": report.usable, "skipped": report.skipped[:100]}
+    for key in ("startTime",):
+        if prev.get(key):
+            status[key] = prev[key]
+    status.update({k: v for k, v in draft.extra.items() if k not in status})
+
+    billed = None
+    if draft.phase == Phase.FAILED:
+        status["failure"] = {"reason": draft.reason.value, "message": draft.message[:1024]}
+        status["billingUnits"] = 0
+        status["completionTime"] = status.get("completionTime") or _iso(now)
+    elif draft.phase == Phase.SUCCEEDED:
+        assert obs.spec is not None
+        if prev.get("billingUnits"):
+            status["billingUnits"] = prev["billingUnits"]
+        else:
+            billed = billing_units(obs.spec.number_of_steps, succeeded=True)
+            status["billingUnits"] = billed
+            draft.events.append(Event("Normal", "Billed", f"{billed} billing units"))
+        status["progress"]["step"] = max(status["progress"]["step"], obs.spec.number_of_steps)
+        draft.events.append(Event("Normal", "Succeeded", "LoRA trained; artifacts verified in the store"))
+    else:
+        status["billingUnits"] = 0
+    return Plan(
+        status=status,
+        actions=tuple(draft.actions),
+        events=tuple(draft.events),
+        create_suspended=obs.kueue_managed,
+        billed=billed,
+    )

@@ -1,0 +1,51 @@
+"""What the operator observed about one training: a frozen snapshot, built by adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from iclora_operator.api.profile import TrainingProfileSpec
+from iclora_operator.api.v1alpha1 import MaskedICLoraTrainingSpec
+from iclora_operator.api.validation import FieldError
+from iclora_trainer.contract import PreflightResult, Progress, Result
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The parts of a batch/v1 Job (and its last failed pod) that decisions depend on."""
+
+    name: str
+    owned: bool
+    suspended: bool = False
+    active: int = 0
+    complete: bool = False
+    failed: bool = False
+    failure_reason: str | None = None
+    failure_message: str | None = None
+    exit_code: int | None = None
+    termination_message: str | None = None
+    suspended_by_user: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: MaskedICLoraTrainingSpec | None
+    spec_errors: tuple[FieldError, ...] = ()
+    profile_name: str = "default"
+    profile: TrainingProfileSpec | None = None
+    preflight_job: JobState | None = None
+    training_job: JobState | None = None
+    preflight_report: PreflightResult | None = None
+    progress: Progress | None = None
+    result: Result | None = None
+    # None: not checked (no result yet); True/False: every artifact of the result is in the store.
+    artifacts_verified: bool | None = None
+    # Whether the namespace's concurrency limit lets this training start now.
+    slot_available: bool = True
+    kueue_managed: bool = False
+    status: dict[str, Any] = field(default_factory=dict)

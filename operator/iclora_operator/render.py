@@ -1,0 +1,376 @@
+"""Kubernetes objects of one training, rendered by pure functions.
+
+Every function takes typed inputs and returns a plain dict ready for the API:
+no clock, no randomness, no environment, so the output is deterministic and
+testable without a cluster. Handlers only send what these functions return.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from iclora_operator.api.profile import TrainingProfileSpec
+from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
+from iclora_trainer.contract import PREPARED_DIR, TERMINATION_LOG, USER_ERROR_EXIT_CODES
+
+LABEL_TRAINING = f"{API_GROUP}/training"
+LABEL_UID = f"{API_GROUP}/training-uid"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "masked-iclora-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+RUN_AS_USER = 1000
+RENDEZVOUS_PORT = 29500
+SCRATCH = "/scratch"
+SPEC_ENV = "ICLORA_SPEC"
+SETTINGS_ENV = "ICLORA_TRAINER_SETTINGS"
+# Prefixes of labels and annotations that belong to tools, never copied to children.
+_FOREIGN_PREFIXES = ("kopf.zalando.org", "kubectl.kubernetes.io", "iclora.dev/", "app.kubernetes.io/")
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    preflight: str
+    training: str
+    service: str
+    store_secret: str
+
+    @classmethod
+    def of(cls, name: str) -> ChildNames:
+        # Job names feed pod hostnames (<job>-<index>), which must stay within 63 characters.
+        return cls(
+            preflight=f"{name}-preflight",
+            training=f"{name}-train",
+            service=f"{name}-train",
+            store_secret=f"{name}-store",
+        )
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where one run writes: an S3 endpoint, a bucket and the run's own prefix."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    region: str = "us-east-1"
+
+    def uri(self, *parts: str) -> str:
+        path = "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+        return f"s3://{self.bucket}/{path}"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything the renderers need to know about one training."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: MaskedICLoraTrainingSpec
+    profile: TrainingProfileSpec
+    store: StoreLocation
+    # Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the run's store.
+    store_secret: str
+    labels: dict[str, str]
+    trainer_command: tuple[str, ...] = ("iclora",)
+    allow_private_dataset_hosts: bool = False
+    kueue_enabled: bool = False
+
+    @property
+    def names(self) -> ChildNames:
+        return ChildNames.of(self.name)
+
+    @property
+    def queue_name(self) -> str | None:
+        return self.labels.get(KUEUE_QUEUE_LABEL)
+
+
+def owner_reference(ctx: RunContext) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": ctx.name,
+        "uid": ctx.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(ctx: RunContext, component: str) -> dict[str, str]:
+    inherited = {k: v for k, v in ctx.labels.items() if not k.startswith(_FOREIGN_PREFIXES)}
+    inherited.pop(KUEUE_QUEUE_LABEL, None)
+    return {
+        **inherited,
+        "app.kubernetes.io/name": "masked-iclora",
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_TRAINING: ctx.name,
+        LABEL_UID: ctx.uid,
+    }
+
+
+def _metadata(ctx: RunContext, name: str, component: str, extra: dict[str, str] | None = None) -> dict:
+    return {
+        "name": name,
+        "namespace": ctx.namespace,
+        "labels": {**child_labels(ctx, component), **(extra or {})},
+        "ownerReferences": [owner_reference(ctx)],
+    }
+
+
+def render_store_secret(ctx: RunContext, access_key: str, secret_key: str) -> dict[str, Any]:
+    """Credentials of the operator's default store, copied into the tenant's namespace."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(ctx, ctx.names.store_secret, "store-credentials"),
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_ENDPOINT_URL": ctx.store.endpoint,
+            "AWS_REGION": ctx.store.region,
+        },
+    }
+
+
+def _secret_env(secret: str, env_prefix: str = "") -> list[dict[str, Any]]:
+    """AWS_* variables from a Secret; endpoint and region may be absent (real AWS)."""
+    return [
+        {"name": f"{env_prefix}{key}", "valueFrom": {"secretKeyRef": {"name": secret, "key": key,
+                                                                       "optional": optional}}}
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_ENDPOINT_URL", True),
+            ("AWS_REGION", True),
+        )
+    ]
+
+
+def _dataset_env(ctx: RunContext) -> list[dict[str, Any]]:
+    ref = ctx.spec.dataset_credentials_secret_ref
+    return _secret_env(ref.name, "ICLORA_DATASET_") if ref else []
+
+
+def _common_env(ctx: RunContext) -> list[dict[str, Any]]:
+    return [
+        {"name": SPEC_ENV, "value": json.dumps(ctx.spec.effective(), sort_keys=True)},
+        {"name": "ICLORA_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "ICLORA_WORKDIR", "value": SCRATCH},
+        {"name": "TMPDIR", "value": SCRATCH},
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *_secret_env(ctx.store_secret),
+    ]
+
+
+def _volumes(ctx: RunContext, shm: bool) -> tuple[list[dict], list[dict]]:
+    volumes = [{"name": "scratch", "emptyDir": {"sizeLimit": ctx.profile.scratch_size}}]
+    mounts = [{"name": "scratch", "mountPath": SCRATCH}]
+    if shm:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": ctx.profile.shm_size}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_spec(
+    ctx: RunContext,
+    *,
+    args: list[str],
+    command: list[str],
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    shm: bool,
+    gpu: bool,
+) -> dict[str, Any]:
+    volumes, mounts = _volumes(ctx, shm)
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": ctx.profile.image,
+                "imagePullPolicy": ctx.profile.image_pull_policy,
+                "command": command,
+                "args": args,
+                "env": env,
+                "resources": resources,
+                "volumeMounts": mounts,
+                "workingDir": SCRATCH,
+                "securityContext": _container_security(),
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if gpu:
+        pod["nodeSelector"] = dict(ctx.profile.node_selector)
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in ctx.profile.tolerations]
+        if ctx.profile.priority_class_name:
+            pod["priorityClassName"] = ctx.profile.priority_class_name
+    return pod
+
+
+def _pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            # Dataset and user errors will fail the same way on every retry: stop at once.
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                "values": list(USER_ERROR_EXIT_CODES)},
+            },
+            # Preemption, eviction and node loss are not the run's fault: retry without counting.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    return {"requests": dict(limits), "limits": limits}
+
+
+def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
+    """CPU Job: fetch, extract, check and fit the dataset; never holds a GPU."""
+    res = ctx.profile.preflight_resources
+    env = _common_env(ctx) + _dataset_env(ctx)
+    if ctx.allow_private_dataset_hosts:
+        env.append({"name": "ICLORA_ALLOW_PRIVATE_NETWORKS", "value": "1"})
+    args = [
+        "dataset", "preflight",
+        "--spec", f"env:{SPEC_ENV}",
+        "--output", ctx.store.uri(),
+    ]
+    pod = _pod_spec(ctx, command=list(ctx.trainer_command), args=args, env=env,
+                    resources=_resources(res.cpu, res.memory), shm=False, gpu=False)
+    metadata = _metadata(ctx, ctx.names.preflight, "preflight")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": ctx.profile.preflight_deadline_seconds,
+            "podFailurePolicy": _pod_failure_policy(),
+            "template": {"metadata": {"labels": metadata["labels"]}, "spec": pod},
+        },
+    }
+
+
+def trainer_settings(ctx: RunContext) -> dict[str, Any]:
+    """The trainer's run settings, derived from the profile."""
+    p = ctx.profile
+    return {
+        "modelPath": p.model_path,
+        "textEncoderPath": p.text_encoder_path,
+        "checkpointInterval": p.checkpoint_interval,
+        "validationInterval": p.validation_interval,
+        "validationSamplingSteps": p.validation_sampling_steps,
+        "zeroStage": p.zero_stage,
+        "device": p.device,
+        "nodes": p.nodes,
+        "gpusPerNode": p.gpus_per_node,
+    }
+
+
+def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
+    """GPU Job running DeepSpeed; Indexed with a headless Service when it spans nodes."""
+    p = ctx.profile
+    names = ctx.names
+    res = p.trainer_resources
+    nodes = p.nodes
+    procs = max(1, p.gpus_per_node)
+    env = _common_env(ctx) + [
+        {"name": SETTINGS_ENV, "value": json.dumps(trainer_settings(ctx), sort_keys=True)},
+        {"name": "NNODES", "value": str(nodes)},
+        {"name": "GPUS_PER_NODE", "value": str(procs)},
+        {"name": "WORLD_SIZE", "value": str(nodes * procs)},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+    ]
+    if nodes > 1:
+        # Pod 0 of an Indexed Job is reachable as <job>-0.<service> through the headless Service.
+        env.append({"name": "MASTER_ADDR", "value": f"{names.training}-0.{names.service}"})
+    else:
+        env.append({"name": "MASTER_ADDR", "value": "127.0.0.1"})
+    train_args = [
+        "train",
+        "--spec", f"env:{SPEC_ENV}",
+        "--settings", f"env:{SETTINGS_ENV}",
+        "--dataset", ctx.store.uri(PREPARED_DIR),
+        "--output", ctx.store.uri(),
+    ]
+    if nodes > 1 or procs > 1:
+        command = ["torchrun"]
+        args = [
+            f"--nnodes={nodes}", f"--nproc-per-node={procs}", "--node-rank=$(NODE_RANK)",
+            "--master-addr=$(MASTER_ADDR)", f"--master-port={RENDEZVOUS_PORT}",
+            "-m", "iclora_operator.cli", *train_args,
+        ]
+    else:
+        command, args = list(ctx.trainer_command), train_args
+    pod = _pod_spec(ctx, command=command, args=args, env=env,
+                    resources=_resources(res.cpu, res.memory, p.gpus_per_node), shm=True, gpu=True)
+    if nodes > 1:
+        pod["subdomain"] = names.service
+    extra = {KUEUE_QUEUE_LABEL: ctx.queue_name} if ctx.queue_name else None
+    metadata = _metadata(ctx, names.training, "training", extra)
+    template_labels = child_labels(ctx, "training")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "suspend": suspend,
+            "completions": nodes,
+            "parallelism": nodes,
+            "completionMode": "Indexed",
+            "backoffLimit": p.backoff_limit,
+            "activeDeadlineSeconds": p.training_deadline_seconds,
+            "podFailurePolicy": _pod_failure_policy(),
+            "template": {"metadata": {"labels": template_labels}, "spec": pod},
+        },
+    }
+
+
+def render_headless_service(ctx: RunContext) -> dict[str, Any]:
+    """Stable DNS names for the ranks of a multi-node training (rendezvous)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ctx, ctx.names.service, "training"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_UID: ctx.uid, LABEL_COMPONENT: "training"},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }

@@ -1,0 +1,56 @@
+"""Operator settings: one object, built once at startup from ICLORA_* environment variables.
+
+Helm values become these variables; nothing else configures the operator.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StoreSettings(BaseSettings):
+    """The default object store: artifacts of trainings that name no `spec.output`."""
+
+    model_config = SettingsConfigDict(env_prefix="ICLORA_STORE_", extra="ignore")
+
+    endpoint: str = Field(default="http://127.0.0.1:8333", description="S3 endpoint URL as seen by pods.")
+    operator_endpoint: str | None = Field(
+        default=None, description="S3 endpoint as seen by the operator, if different from `endpoint`."
+    )
+    bucket: str = "iclora"
+    prefix: str = "runs"
+    region: str = "us-east-1"
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+
+    @property
+    def endpoint_for_operator(self) -> str:
+        return self.operator_endpoint or self.endpoint
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ICLORA_", env_nested_delimiter="__", extra="ignore")
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty watches all namespaces."
+    )
+    default_profile: str = Field(default="default", description="TrainingProfile used when none is named.")
+    concurrency_per_namespace: int = Field(
+        default=0, ge=0, description="Trainings running at once per namespace without Kueue; 0 = no limit."
+    )
+    kueue_enabled: bool = Field(
+        default=False, description="Leave queue-labelled training Jobs to Kueue (created suspended)."
+    )
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    stale_progress_seconds: int = Field(default=600, ge=10)
+    allow_private_dataset_hosts: bool = Field(
+        default=False,
+        description="Let the preflight fetch datasets from loopback/private addresses (demo and tests).",
+    )
+    trainer_command: list[str] = Field(
+        default_factory=lambda: ["iclora"], description="Entry point of the trainer image."
+    )
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    metrics_port: int = 8080
+    health_port: int = 8081
