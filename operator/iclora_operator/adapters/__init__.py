@@ -1,0 +1,1 @@
+"""I/O at the edges: the Kubernetes API and the object store."""

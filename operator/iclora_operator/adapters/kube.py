@@ -1,0 +1,111 @@
+"""Kubernetes API calls of the operator (sync client; kopf runs sync handlers in threads)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from iclora_operator.reconcile.observed import JobState
+from iclora_operator.render import LABEL_UID
+
+log = logging.getLogger(__name__)
+
+SUSPENDED_BY_USER = "iclora.dev/suspended-by-user"
+
+
+class ChildConflict(RuntimeError):
+    """A child's name is taken by an object that does not belong to this training."""
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.api = api_client or client.ApiClient()
+        self.batch = client.BatchV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # --- children ------------------------------------------------------------------------
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a child; an existing one carrying our uid label is adopted (idempotent retries)."""
+        kind = manifest["kind"]
+        ns = manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        creators = {
+            "Job": self.batch.create_namespaced_job,
+            "Service": self.core.create_namespaced_service,
+            "Secret": self.core.create_namespaced_secret,
+        }
+        try:
+            created = creators[kind](ns, manifest)
+            return self.api.sanitize_for_serialization(created)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.read(kind, ns, name)
+        want = manifest["metadata"]["labels"][LABEL_UID]
+        if existing is None or (existing["metadata"].get("labels") or {}).get(LABEL_UID) != want:
+            raise ChildConflict(f"{kind} {ns}/{name} exists and does not belong to this training")
+        return existing
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        readers = {
+            "Job": self.batch.read_namespaced_job,
+            "Service": self.core.read_namespaced_service,
+            "Secret": self.core.read_namespaced_secret,
+        }
+        try:
+            return self.api.sanitize_for_serialization(readers[kind](name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        body = {
+            "metadata": {"annotations": {SUSPENDED_BY_USER: "true" if suspend else None}},
+            "spec": {"suspend": suspend},
+        }
+        self.batch.patch_namespaced_job(name, namespace, body)
+
+    def failed_pod(self, namespace: str, job_name: str) -> tuple[int | None, str | None]:
+        """Exit code and termination message of the most recently terminated container of a Job."""
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
+        latest: tuple[Any, int | None, str | None] | None = None
+        for pod in pods:
+            for cs in pod.status.container_statuses or []:
+                term = cs.state.terminated if cs.state else None
+                if term is None or term.exit_code == 0:
+                    continue
+                if latest is None or (term.finished_at and latest[0] and term.finished_at > latest[0]):
+                    latest = (term.finished_at, term.exit_code, term.message)
+        return (latest[1], latest[2]) if latest else (None, None)
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self.read("Secret", namespace, name)
+        if secret is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def job_state(job: dict[str, Any], uid: str) -> JobState:
+    """The decision-relevant summary of a batch/v1 Job object (as a dict)."""
+    meta = job.get("metadata") or {}
+    spec = job.get("spec") or {}
+    status = job.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = conds.get("Failed")
+    return JobState(
+        name=meta.get("name", ""),
+        owned=(meta.get("labels") or {}).get(LABEL_UID) == uid,
+        suspended=bool(spec.get("suspend")),
+        active=int(status.get("active") or 0),
+        complete="Complete" in conds,
+        failed=failed is not None,
+        failure_reason=failed.get("reason") if failed else None,
+        failure_message=failed.get("message") if failed else None,
+        suspended_by_user=(meta.get("annotations") or {}).get(SUSPENDED_BY_USER) == "true",
+    )

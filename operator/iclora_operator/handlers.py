@@ -1,0 +1,318 @@
+"""kopf handlers: thin. Parse, observe, decide, act, write status once.
+
+Every decision is made by `reconcile.decide.decide`; this module only gathers
+observations (Kubernetes objects from kopf's in-memory indexes, reports from
+the object store) and carries out the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from iclora_operator.adapters.kube import ChildConflict, Kube, job_state
+from iclora_operator.adapters.objectstore import Credentials, ObjectStore, ObjectStoreUnavailable
+from iclora_operator.api.conditions import Phase
+from iclora_operator.api.profile import PROFILE_PLURAL, TrainingProfileSpec, profile_spec_from_object
+from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from iclora_operator.api.validation import SpecInvalid, validate_spec
+from iclora_operator.metrics import Metrics
+from iclora_operator.reconcile.decide import TERMINAL_PHASES, Action, Plan, decide
+from iclora_operator.reconcile.observed import JobState, Observed
+from iclora_operator.render import (
+    KUEUE_QUEUE_LABEL,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_TRAINING,
+    MANAGED_BY,
+    RunContext,
+    StoreLocation,
+    render_headless_service,
+    render_preflight_job,
+    render_store_secret,
+    render_training_job,
+)
+from iclora_operator.settings import OperatorSettings
+from iclora_trainer.contract import (
+    PREFLIGHT_KEY,
+    PROGRESS_KEY,
+    RESULT_KEY,
+    PreflightResult,
+    Progress,
+    Result,
+    run_prefix,
+)
+
+log = logging.getLogger(__name__)
+EVENT_MESSAGE_MAX = 1024
+
+
+@dataclass
+class Memo:
+    """Long-lived state of one operator process, passed through kopf's memo (no globals)."""
+
+    settings: OperatorSettings
+    kube: Kube
+    metrics: Metrics
+    stores: dict[Credentials, ObjectStore] = field(default_factory=dict)
+    namespace_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store(self, creds: Credentials) -> ObjectStore:
+        with self.lock:
+            if creds not in self.stores:
+                self.stores[creds] = ObjectStore(creds)
+            return self.stores[creds]
+
+    def namespace_lock(self, namespace: str) -> threading.Lock:
+        with self.lock:
+            return self.namespace_locks.setdefault(namespace, threading.Lock())
+
+
+def _first(index: kopf.Index, key: Any) -> Any | None:
+    for value in index.get(key, []):
+        return value
+    return None
+
+
+# --- observation --------------------------------------------------------------------------
+
+
+def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, Credentials, str]:
+    """Where this run writes, the operator's credentials for it, and the pods' Secret name."""
+    ns, name, uid = body.metadata.namespace, body.metadata.name, body.metadata.uid
+    cfg = memo.settings.store
+    output = spec.output if spec is not None else None
+    if output is None:
+        creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
+                            cfg.secret_key.get_secret_value(), cfg.region)
+        loc = StoreLocation(cfg.endpoint, cfg.bucket, run_prefix(cfg.prefix, ns, name, uid), cfg.region)
+        return loc, creds, f"{name}-store"
+    bucket, _, prefix = output.url.removeprefix("s3://").partition("/")
+    secret_name = output.credentials_secret_ref.name if output.credentials_secret_ref else f"{name}-store"
+    data = memo.kube.secret_data(ns, secret_name) if output.credentials_secret_ref else None
+    if output.credentials_secret_ref and data is None:
+        raise kopf.TemporaryError(f"Secret {secret_name} of spec.output is missing", delay=30)
+    if data:
+        endpoint = data.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
+        region = data.get("AWS_REGION") or cfg.region
+        creds = Credentials(endpoint, data.get("AWS_ACCESS_KEY_ID", ""), data.get("AWS_SECRET_ACCESS_KEY", ""),
+                            region)
+    else:
+        endpoint, region = cfg.endpoint, cfg.region
+        creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
+                            cfg.secret_key.get_secret_value(), cfg.region)
+    loc = StoreLocation(endpoint, bucket, run_prefix(prefix, ns, name, uid), region)
+    return loc, creds, secret_name
+
+
+def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> JobState | None:
+    obj = _first(jobs, (namespace, name))
+    if obj is None:
+        return None
+    state = job_state(obj, uid)
+    if state.failed and state.owned:
+        code, message = memo.kube.failed_pod(namespace, name)
+        state = replace(state, exit_code=code, termination_message=message)
+    return state
+
+
+def _slot_available(memo: Memo, namespace: str, name: str, created: str, jobs: kopf.Index,
+                    trainings: kopf.Index) -> bool:
+    limit = memo.settings.concurrency_per_namespace
+    if limit <= 0:
+        return True
+    running = 0
+    for (ns, _job_name), objs in jobs.items():
+        for obj in objs:
+            labels = obj["metadata"].get("labels") or {}
+            if ns != namespace or labels.get(LABEL_COMPONENT) != "training":
+                continue
+            if labels.get(LABEL_TRAINING) == name:
+                continue
+            state = job_state(obj, "")
+            if not (state.complete or state.failed or state.suspended):
+                running += 1
+    if running >= limit:
+        return False
+    # FIFO by creation time: an older training already waiting goes first.
+    for other_created, other_name, phase in trainings.get(namespace, []):
+        if other_name != name and phase == Phase.QUEUED.value and (other_created, other_name) < (created, name):
+            return False
+    return True
+
+
+def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
+            trainings: kopf.Index) -> tuple[Observed, RunContext | None, Credentials | None]:
+    meta = body.metadata
+    ns, name, uid = meta.namespace, meta.name, meta.uid
+    status = dict(body.get("status") or {})
+    base = Observed(name=name, namespace=ns, uid=uid, generation=int(meta.get("generation") or 1),
+                    spec=None, status=status)
+    try:
+        spec = validate_spec(dict(body.get("spec") or {}))
+    except SpecInvalid as exc:
+        return replace(base, spec_errors=tuple(exc.errors)), None, None
+    profile_name = spec.profile_ref.name if spec.profile_ref else memo.settings.default_profile
+    raw_profile = _first(profiles, profile_name)
+    profile: TrainingProfileSpec | None = None
+    if raw_profile is not None:
+        try:
+            profile = profile_spec_from_object(raw_profile)
+        except ValueError as exc:
+            raise kopf.TemporaryError(f"TrainingProfile {profile_name} is invalid: {exc}", delay=60) from exc
+    obs = replace(base, spec=spec, profile_name=profile_name, profile=profile)
+    if profile is None:
+        return obs, None, None
+    loc, creds, secret = _store_for(memo, body, spec)
+    labels = dict(meta.labels or {})
+    kueue = bool(memo.settings.kueue_enabled and labels.get(KUEUE_QUEUE_LABEL))
+    ctx = RunContext(
+        name=name, namespace=ns, uid=uid, spec=spec, profile=profile, store=loc, store_secret=secret,
+        labels=labels, trainer_command=tuple(memo.settings.trainer_command),
+        allow_private_dataset_hosts=memo.settings.allow_private_dataset_hosts, kueue_enabled=kueue,
+    )
+    if status.get("phase") in TERMINAL_PHASES:
+        return obs, ctx, creds
+    store = memo.store(creds)
+    preflight_job = _job(memo, jobs, ns, ctx.names.preflight, uid)
+    training_job = _job(memo, jobs, ns, ctx.names.training, uid)
+    report = result = progress = None
+    verified = None
+    if preflight_job is None or preflight_job.complete or preflight_job.failed:
+        raw = store.read_json(loc.uri(PREFLIGHT_KEY))
+        report = PreflightResult.model_validate(raw) if raw else None
+    if training_job is not None:
+        raw = store.read_json(loc.uri(PROGRESS_KEY))
+        progress = Progress.model_validate(raw) if raw else None
+        if training_job.complete or training_job.failed:
+            raw = store.read_json(loc.uri(RESULT_KEY))
+            result = Result.model_validate(raw) if raw else None
+            if result is not None and result.status == "Succeeded" and result.artifacts is not None:
+                uris = result.artifacts.model_dump(exclude_none=True).values()
+                verified = all(store.exists(u) for u in uris)
+    slot = True
+    if training_job is None and not kueue:
+        slot = _slot_available(memo, ns, name, meta.get("creationTimestamp") or "", jobs, trainings)
+    obs = replace(obs, preflight_job=preflight_job, training_job=training_job, preflight_report=report,
+                  progress=progress, result=result, artifacts_verified=verified, slot_available=slot,
+                  kueue_managed=kueue)
+    return obs, ctx, creds
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+def _act(memo: Memo, plan: Plan, ctx: RunContext) -> None:
+    kube = memo.kube
+    for action in plan.actions:
+        if action == Action.CREATE_PREFLIGHT:
+            if ctx.store_secret == ctx.names.store_secret:
+                cfg = memo.settings.store
+                kube.create(render_store_secret(ctx, cfg.access_key.get_secret_value(),
+                                                cfg.secret_key.get_secret_value()))
+            kube.create(render_preflight_job(ctx))
+        elif action == Action.CREATE_TRAINING:
+            if ctx.profile.nodes > 1:
+                kube.create(render_headless_service(ctx))
+            kube.create(render_training_job(ctx, suspend=plan.create_suspended))
+        elif action == Action.SUSPEND_TRAINING:
+            kube.set_job_suspend(ctx.namespace, ctx.names.training, True)
+        elif action == Action.RESUME_TRAINING:
+            kube.set_job_suspend(ctx.namespace, ctx.names.training, False)
+
+
+def _write_status(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any]) -> None:
+    current = dict(body.get("status") or {})
+    if current == status:
+        return
+    for key in current:
+        if key not in status:
+            patch.status[key] = None  # merge-patch null deletes the field
+    for key, value in status.items():
+        if current.get(key) != value:
+            patch.status[key] = value
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
+              iclora_profiles: kopf.Index, iclora_trainings: kopf.Index) -> None:
+    now = datetime.now(UTC)
+    ns = body.metadata.namespace
+    try:
+        obs, ctx, _ = observe(memo, body, iclora_jobs, iclora_profiles, iclora_trainings)
+    except ObjectStoreUnavailable as exc:
+        memo.metrics.reconciles.labels("store-unavailable").inc()
+        raise kopf.TemporaryError(f"object store unavailable: {exc}", delay=10) from exc
+    plan = decide(obs, now, memo.settings.stale_progress_seconds)
+    if ctx is not None and plan.actions:
+        lock = memo.namespace_lock(ns) if Action.CREATE_TRAINING in plan.actions else None
+        try:
+            if lock:
+                lock.acquire()
+            _act(memo, plan, ctx)
+        except ChildConflict:
+            conflict = JobState(name=ctx.names.preflight, owned=False)
+            plan = decide(replace(obs, preflight_job=conflict, training_job=None), now)
+        finally:
+            if lock:
+                lock.release()
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:EVENT_MESSAGE_MAX])
+    if plan.billed:
+        memo.metrics.billing_units.labels(ns).inc(plan.billed)
+    memo.metrics.phases.set(body.metadata.uid, ns, plan.status["phase"])
+    memo.metrics.reconciles.labels("ok").inc()
+    _write_status(body, patch, plan.status)
+
+
+def _not_terminal(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in TERMINAL_PHASES
+
+
+# --- registration -------------------------------------------------------------------------
+
+
+def _index_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict]:
+    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec),
+                                "status": dict(body.status)}}
+
+
+def _index_profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict]:
+    return {name: {"spec": dict(body.spec)}}
+
+
+def _index_trainings(namespace: str, name: str, meta: kopf.Meta, status: kopf.Status,
+                     **_: Any) -> dict[str, tuple[str, str, str]]:
+    return {namespace: (meta.get("creationTimestamp") or "", name, status.get("phase") or "")}
+
+
+def _on_change(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
+               iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
+    reconcile(body, patch, memo, iclora_jobs, iclora_profiles, iclora_trainings)
+
+
+def _on_delete(uid: str, memo: Memo, **_: Any) -> None:
+    # Children go with their owner references; artifacts stay (they are the user's).
+    memo.metrics.phases.forget(uid)
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """All handlers and indexes of the operator, registered into a fresh kopf registry."""
+    registry = kopf.OperatorRegistry()
+    crd = (API_GROUP, API_VERSION, PLURAL)
+    kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="iclora_jobs",
+               registry=registry)(_index_jobs)
+    kopf.index(API_GROUP, API_VERSION, PROFILE_PLURAL, id="iclora_profiles", registry=registry)(_index_profiles)
+    kopf.index(*crd, id="iclora_trainings", registry=registry)(_index_trainings)
+    kopf.on.resume(*crd, id="reconcile-resume", registry=registry)(_on_change)
+    kopf.on.create(*crd, id="reconcile-create", registry=registry)(_on_change)
+    kopf.on.update(*crd, field="spec", id="reconcile-update", registry=registry)(_on_change)
+    kopf.timer(*crd, interval=settings.reconcile_interval_seconds, when=_not_terminal, id="reconcile-timer",
+               registry=registry)(_on_change)
+    kopf.on.delete(*crd, optional=True, id="forget", registry=registry)(_on_delete)
+    return registry
