@@ -227,12 +227,23 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
-    if gpu:
-        pod["nodeSelector"] = dict(ctx.profile.node_selector)
-        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in ctx.profile.tolerations]
-        if ctx.profile.priority_class_name:
-            pod["priorityClassName"] = ctx.profile.priority_class_name
+    p = ctx.profile
+    selector, tolerations = (p.node_selector, p.tolerations) if gpu else (
+        p.preflight_node_selector, p.preflight_tolerations)
+    if selector:
+        pod["nodeSelector"] = dict(selector)
+    if tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
+    if gpu and p.priority_class_name:
+        pod["priorityClassName"] = p.priority_class_name
     return pod
+
+
+def _template_metadata(ctx: RunContext, component: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": {**ctx.profile.pod_labels, **child_labels(ctx, component)}}
+    if ctx.profile.pod_annotations:
+        meta["annotations"] = dict(ctx.profile.pod_annotations)
+    return meta
 
 
 def _pod_failure_policy() -> dict[str, Any]:
@@ -279,7 +290,7 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
             "backoffLimit": 2,
             "activeDeadlineSeconds": ctx.profile.preflight_deadline_seconds,
             "podFailurePolicy": _pod_failure_policy(),
-            "template": {"metadata": {"labels": metadata["labels"]}, "spec": pod},
+            "template": {"metadata": _template_metadata(ctx, "preflight"), "spec": pod},
         },
     }
 
@@ -343,7 +354,6 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
         pod["subdomain"] = names.service
     extra = {KUEUE_QUEUE_LABEL: ctx.queue_name} if ctx.queue_name else None
     metadata = _metadata(ctx, names.training, "training", extra)
-    template_labels = child_labels(ctx, "training")
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -356,7 +366,7 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
             "backoffLimit": p.backoff_limit,
             "activeDeadlineSeconds": p.training_deadline_seconds,
             "podFailurePolicy": _pod_failure_policy(),
-            "template": {"metadata": {"labels": template_labels}, "spec": pod},
+            "template": {"metadata": _template_metadata(ctx, "training"), "spec": pod},
         },
     }
 

@@ -54,8 +54,16 @@ class TrainingProfileSpec(_ProfileModel):
     nodes: Annotated[int, Field(ge=1, le=64)] = Field(
         default=1, description="Training pods (one per node); more than 1 uses an Indexed Job."
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of training pods.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of training pods."
+    )
+    preflight_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector of the CPU preflight pod."
+    )
+    preflight_tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every pod.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on every pod.")
     priority_class_name: str | None = None
     preflight_resources: ComputeResources = Field(
         default_factory=lambda: ComputeResources(cpu="2", memory="4Gi")

@@ -162,3 +162,16 @@ def test_store_secret_is_owned():
 
 def test_rendering_is_deterministic():
     assert render_training_job(ctx(), False) == render_training_job(ctx(), False)
+
+
+def test_profile_places_preflight_and_training_pods_separately():
+    c = ctx(node_selector={"pool": "gpu"}, preflight_node_selector={"pool": "cpu"},
+            pod_annotations={"example.com/trace": "on"}, pod_labels={"cost-center": "ml"})
+    pre, train = render_preflight_job(c), render_training_job(c, suspend=False)
+    assert pod_of(pre)["nodeSelector"] == {"pool": "cpu"}
+    assert pod_of(train)["nodeSelector"] == {"pool": "gpu"}
+    for job in (pre, train):
+        meta = job["spec"]["template"]["metadata"]
+        assert meta["annotations"] == {"example.com/trace": "on"}
+        assert meta["labels"]["cost-center"] == "ml"
+        assert meta["labels"][LABEL_UID] == "uid-1"
