@@ -17,3 +17,4 @@ lint:
 
 crd:
 	@$(VENV)/bin/iclora crd --write crds
+	@$(VENV)/bin/iclora crd --write charts/masked-iclora/crds

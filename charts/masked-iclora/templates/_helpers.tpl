@@ -1,0 +1,46 @@
+{{- define "iclora.name" -}}masked-iclora{{- end -}}
+{{- define "iclora.fullname" -}}{{ printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- define "iclora.labels" -}}
+app.kubernetes.io/name: {{ include "iclora.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+{{- define "iclora.selector" -}}
+app.kubernetes.io/name: {{ include "iclora.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+{{- define "iclora.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+{{/* The operator's permissions inside a watched namespace (Role or ClusterRole rules). */}}
+{{- define "iclora.namespacedRules" -}}
+# Application: the trainings themselves. kopf patches annotations (its bookkeeping) and status.
+- apiGroups: ["iclora.dev"]
+  resources: ["maskedicloratrainings"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["iclora.dev"]
+  resources: ["maskedicloratrainings/status"]
+  verbs: ["get", "patch"]
+# Application: the preflight and training Jobs (patch = suspend/resume).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Application: exit codes and termination messages of failed pods.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Application: headless Service of multi-node trainings.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create"]
+# Application: store credentials copied for each run; a tenant's output credentials are read.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
+# Framework: Events on the trainings (kopf and our own reasons).
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
