@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
+from pydantic import BaseModel
 
 from iclora_operator.adapters.kube import ChildConflict, Kube, job_state
 from iclora_operator.adapters.objectstore import Credentials, ObjectStore, ObjectStoreUnavailable
@@ -49,6 +51,7 @@ from iclora_trainer.contract import (
 )
 
 log = logging.getLogger(__name__)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 EVENT_MESSAGE_MAX = 1024
 
 
@@ -61,6 +64,7 @@ class Memo:
     metrics: Metrics
     stores: dict[Credentials, ObjectStore] = field(default_factory=dict)
     namespace_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    reports: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, creds: Credentials) -> ObjectStore:
@@ -68,6 +72,26 @@ class Memo:
             if creds not in self.stores:
                 self.stores[creds] = ObjectStore(creds)
             return self.stores[creds]
+
+    def cached(self, uid: str, key: str, read: Callable[[], dict[str, Any] | None],
+               model: type[ModelT]) -> ModelT | None:
+        """A stage report of one run, read from the store until it exists, then kept."""
+        with self.lock:
+            hit = self.reports.get((uid, key))
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        raw = read()
+        if raw is None:
+            return None
+        value = model.model_validate(raw)
+        with self.lock:
+            self.reports[(uid, key)] = value
+        return value
+
+    def forget(self, uid: str) -> None:
+        with self.lock:
+            for key in [k for k in self.reports if k[0] == uid]:
+                del self.reports[key]
 
     def namespace_lock(self, namespace: str) -> threading.Lock:
         with self.lock:
@@ -182,17 +206,16 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
     store = memo.store(creds)
     preflight_job = _job(memo, jobs, ns, ctx.names.preflight, uid)
     training_job = _job(memo, jobs, ns, ctx.names.training, uid)
-    report = result = progress = None
+    result = progress = None
     verified = None
-    if preflight_job is None or preflight_job.complete or preflight_job.failed:
-        raw = store.read_json(loc.uri(PREFLIGHT_KEY))
-        report = PreflightResult.model_validate(raw) if raw else None
+    # Reports are written once at the end of a stage: cache them, they never change.
+    report = memo.cached(uid, PREFLIGHT_KEY, lambda: store.read_json(loc.uri(PREFLIGHT_KEY)),
+                         PreflightResult)
     if training_job is not None:
         raw = store.read_json(loc.uri(PROGRESS_KEY))
         progress = Progress.model_validate(raw) if raw else None
         if training_job.complete or training_job.failed:
-            raw = store.read_json(loc.uri(RESULT_KEY))
-            result = Result.model_validate(raw) if raw else None
+            result = memo.cached(uid, RESULT_KEY, lambda: store.read_json(loc.uri(RESULT_KEY)), Result)
             if result is not None and result.status == "Succeeded" and result.artifacts is not None:
                 uris = result.artifacts.model_dump(exclude_none=True).values()
                 verified = all(store.exists(u) for u in uris)
@@ -299,6 +322,7 @@ def _on_change(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf
 def _on_delete(uid: str, memo: Memo, **_: Any) -> None:
     # Children go with their owner references; artifacts stay (they are the user's).
     memo.metrics.phases.forget(uid)
+    memo.forget(uid)
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:

@@ -1,0 +1,171 @@
+"""Operator tests on the real local control plane: CRDs installed, the operator run in-process."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from tests.conftest import REPO_ROOT
+
+KWOK_GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+@pytest.fixture(scope="session")
+def installed_crds(k8s_api: Any, local_cluster: Any) -> None:
+    """Apply crds/ (what `iclora crd` generated) and wait until they are served."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(k8s_api)
+    names = []
+    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        names.append(crd["metadata"]["name"])
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    from iclora_operator.localcluster.pytest_plugin import wait_for
+
+    def established() -> bool:
+        for name in names:
+            conds = ext.read_custom_resource_definition(name).status.conditions or []
+            if not any(c.type == "Established" and c.status == "True" for c in conds):
+                return False
+        return True
+
+    wait_for(established, timeout=30, what="CRDs established")
+
+
+@dataclass
+class RunningOperator:
+    namespaces: list[str]
+    stop: Callable[[], None]
+    start: Callable[[], None]
+
+
+@pytest.fixture
+def operator_factory(local_cluster: Any, s3_store: Any, installed_crds: None,
+                     monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RunningOperator]]:
+    """Start the real operator (kopf, in a thread) watching the given namespaces."""
+    from iclora_operator.run import run_operator
+    from iclora_operator.settings import OperatorSettings, StoreSettings
+
+    monkeypatch.setenv("KUBECONFIG", str(local_cluster.kubeconfig))
+    running: list[RunningOperator] = []
+
+    def make(namespaces: list[str], **overrides: Any) -> RunningOperator:
+        store = StoreSettings(endpoint=s3_store.endpoint, bucket=s3_store.bucket, prefix="runs",
+                              access_key=s3_store.access_key, secret_key=s3_store.secret_key)
+        settings = OperatorSettings(reconcile_interval_seconds=1.0, store=store, namespaces=namespaces,
+                                    allow_private_dataset_hosts=True, **overrides)
+        state: dict[str, Any] = {}
+
+        def start() -> None:
+            stop_flag, ready_flag = threading.Event(), threading.Event()
+            thread = threading.Thread(
+                target=run_operator, args=(settings,),
+                kwargs={"namespaces": namespaces, "stop_flag": stop_flag, "ready_flag": ready_flag,
+                        "metrics_port": 0},
+                daemon=True,
+            )
+            thread.start()
+            if not ready_flag.wait(60):
+                raise RuntimeError("operator did not become ready in 60 s")
+            state.update(thread=thread, stop_flag=stop_flag)
+
+        def stop() -> None:
+            if "stop_flag" in state:
+                state.pop("stop_flag").set()
+                state.pop("thread").join(60)
+
+        op = RunningOperator(namespaces=namespaces, stop=stop, start=start)
+        start()
+        running.append(op)
+        return op
+
+    yield make
+    for op in running:
+        op.stop()
+
+
+@pytest.fixture
+def profile_factory(k8s_api: Any, installed_crds: None) -> Iterator[Callable[..., str]]:
+    """Create uniquely named TrainingProfiles for one test; deleted afterwards."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(k8s_api)
+    created: list[str] = []
+
+    def make(**spec: Any) -> str:
+        name = f"p-{uuid.uuid4().hex[:8]}"
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "TrainingProfile",
+            "metadata": {"name": name},
+            "spec": {
+                "gpusPerNode": 1,
+                "tolerations": [KWOK_GPU_TOLERATION],
+                "preflightResources": {"cpu": "100m", "memory": "128Mi"},
+                "trainerResources": {"cpu": "100m", "memory": "128Mi"},
+                **spec,
+            },
+        }
+        api.create_cluster_custom_object(API_GROUP, API_VERSION, "trainingprofiles", body)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        api.delete_cluster_custom_object(API_GROUP, API_VERSION, "trainingprofiles", name)
+
+
+class Trainings:
+    """Small client for MaskedICLoraTraining objects in one namespace."""
+
+    def __init__(self, api_client: Any, namespace: str):
+        from kubernetes import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MaskedICLoraTraining",
+                "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+        return self.api.create_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.api.get_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name)
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name,
+                                                       {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name)
+
+    def phase(self, name: str) -> str | None:
+        return (self.get(name).get("status") or {}).get("phase")
+
+    def jobs(self, uid: str | None = None) -> list[Any]:
+        selector = f"iclora.dev/training-uid={uid}" if uid else "app.kubernetes.io/managed-by=masked-iclora-operator"
+        return self.batch.list_namespaced_job(self.namespace, label_selector=selector).items
+
+    def events(self, name: str, reason: str) -> list[Any]:
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [e for e in items if e.reason == reason]
+
+
+@pytest.fixture
+def trainings(k8s_api: Any, k8s_namespace: str) -> Trainings:
+    return Trainings(k8s_api, k8s_namespace)

@@ -1,0 +1,222 @@
+"""Operator lifecycle on the real control plane, pods played by kwok Stages.
+
+The trainer's side of the contract (preflight.json, result.json, artifacts in
+S3) is written by the test where a kwok pod stands in for the real process;
+the end-to-end test with the real preflight and trainer is test_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from iclora_operator.localcluster.pytest_plugin import wait_for
+from kubernetes.client.exceptions import ApiException
+
+from iclora_trainer.contract import Artifacts, PreflightResult, Result
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SPEC = {"trainingDataUrl": "https://datasets.example.com/triplets.zip", "numberOfSteps": 150}
+
+
+def put_json(s3: Any, key: str, data: dict[str, Any]) -> None:
+    raw = json.dumps(data).encode()
+    s3.client().put_object(s3.bucket, key, io.BytesIO(raw), len(raw))
+
+
+def play_trainer(s3: Any, namespace: str, name: str, uid: str, steps: int = 150) -> dict[str, str]:
+    """Write what a successful preflight and trainer leave in the store for one run."""
+    prefix = f"runs/{namespace}/{name}/{uid}"
+    put_json(s3, f"{prefix}/preflight.json", PreflightResult(ok=True, usable=2).model_dump(by_alias=True))
+    arts = {"loraFile": f"s3://{s3.bucket}/{prefix}/artifacts/lora.safetensors",
+            "configFile": f"s3://{s3.bucket}/{prefix}/artifacts/config.json"}
+    for uri in arts.values():
+        key = uri.removeprefix(f"s3://{s3.bucket}/")
+        s3.client().put_object(s3.bucket, key, io.BytesIO(b"x"), 1)
+    result = Result(status="Succeeded", steps=steps, artifacts=Artifacts(**arts))
+    put_json(s3, f"{prefix}/result.json", result.model_dump(by_alias=True, exclude_none=True))
+    return arts
+
+
+def test_schema_and_cel_reject_at_apply(trainings, installed_crds):
+    with pytest.raises(ApiException) as info:
+        trainings.create("bad", {**SPEC, "splitInputIntoScenes": True, "rank": 12})
+    assert info.value.status == 422
+    body = info.value.body
+    assert "desync" in body
+    assert "spec.rank" in body
+    trainings.create("ok", SPEC)
+    with pytest.raises(ApiException) as info:
+        trainings.patch_spec("ok", {"numberOfSteps": 200})
+    assert info.value.status == 422
+    assert "spec.numberOfSteps is immutable" in info.value.body
+    trainings.patch_spec("ok", {"suspend": True})  # the one mutable field
+
+
+def test_invalid_spec_fails_with_reason_and_no_jobs(trainings, operator_factory, profile_factory):
+    operator_factory([trainings.namespace], default_profile=profile_factory())
+    # Passes the CRD pattern but not the API model (an s3 URL needs an object key).
+    trainings.create("bad", {**SPEC, "trainingDataUrl": "s3://bucket"})
+    wait_for(lambda: trainings.phase("bad") == "Failed", timeout=30, what="phase Failed")
+    status = trainings.get("bad")["status"]
+    assert status["failure"]["reason"] == "InvalidSpec"
+    assert "spec.trainingDataUrl" in status["failure"]["message"]
+    assert status["billingUnits"] == 0
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
+    assert trainings.jobs() == []
+    wait_for(lambda: trainings.events("bad", "InvalidSpec"), timeout=10, what="InvalidSpec event")
+
+
+def test_bad_dataset_fails_in_preflight_and_never_asks_for_a_gpu(trainings, operator_factory, profile_factory):
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-exit-code": "13",
+                                              "iclora.dev/fake-message": '{"reason": "NoUsableClips", '
+                                                                         '"message": "sample01: too short"}'})
+    operator_factory([trainings.namespace])
+    obj = trainings.create("t", {**SPEC, "profileRef": {"name": profile}})
+    wait_for(lambda: trainings.phase("t") == "Failed", timeout=60, what="phase Failed")
+    status = trainings.get("t")["status"]
+    assert status["failure"]["reason"] == "NoUsableClips"
+    assert "too short" in status["failure"]["message"]
+    assert status["billingUnits"] == 0
+    jobs = trainings.jobs(obj["metadata"]["uid"])
+    assert [j.metadata.name for j in jobs] == ["t-preflight"]
+
+
+def test_missing_profile_is_a_clear_failure(trainings, operator_factory):
+    operator_factory([trainings.namespace])
+    trainings.create("t", {**SPEC, "profileRef": {"name": "no-such-profile"}})
+    wait_for(lambda: trainings.phase("t") == "Failed", timeout=30, what="phase Failed")
+    assert trainings.get("t")["status"]["failure"]["reason"] == "ProfileNotFound"
+
+
+def _phases_until_done(trainings, name: str, timeout: float = 90) -> list[str]:
+    seen: list[str] = []
+
+    def done() -> bool:
+        phase = trainings.phase(name)
+        if phase and (not seen or seen[-1] != phase):
+            seen.append(phase)
+        return phase in ("Succeeded", "Failed")
+
+    wait_for(done, timeout=timeout, interval=0.1, what=f"{name} finished")
+    return seen
+
+
+def test_success_path_bills_once_and_reports_artifacts(trainings, operator_factory, profile_factory, s3_store):
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "3s"})
+    operator_factory([trainings.namespace])
+    obj = trainings.create("ok", {**SPEC, "profileRef": {"name": profile}, "numberOfFrames": 100})
+    arts = play_trainer(s3_store, trainings.namespace, "ok", obj["metadata"]["uid"])
+    phases = _phases_until_done(trainings, "ok")
+    assert phases[-1] == "Succeeded", phases
+    assert "Training" in phases
+    status = trainings.get("ok")["status"]
+    assert status["billingUnits"] == 150
+    assert status["artifacts"] == arts
+    assert status["effective"]["numberOfFrames"] == 97
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds["Ready"] == "True"
+    assert conds["Reconciling"] == "False"
+    assert conds["Stalled"] == "False"
+    jobs = {j.metadata.name: j for j in trainings.jobs(obj["metadata"]["uid"])}
+    assert set(jobs) == {"ok-preflight", "ok-train"}
+    train_pod = jobs["ok-train"].spec.template.spec
+    assert train_pod.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert train_pod.automount_service_account_token is False
+    assert len(trainings.events("ok", "Billed")) == 1
+
+
+def test_operator_restart_mid_run_adopts_jobs_and_bills_once(trainings, operator_factory, profile_factory,
+                                                              s3_store):
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "6s"})
+    op = operator_factory([trainings.namespace])
+    obj = trainings.create("r", {**SPEC, "profileRef": {"name": profile}})
+    uid = obj["metadata"]["uid"]
+    wait_for(lambda: trainings.phase("r") == "Training", timeout=60, what="phase Training")
+    op.stop()
+    play_trainer(s3_store, trainings.namespace, "r", uid)
+    op.start()
+    wait_for(lambda: trainings.phase("r") == "Succeeded", timeout=60, what="phase Succeeded")
+    # Two more reconcile intervals must change nothing.
+    import time
+
+    before = trainings.get("r")["status"]
+    time.sleep(2.5)
+    assert trainings.get("r")["status"] == before
+    assert sorted(j.metadata.name for j in trainings.jobs(uid)) == ["r-preflight", "r-train"]
+    assert len(trainings.events("r", "Billed")) == 1
+    assert before["billingUnits"] == 150
+
+
+def test_concurrency_limit_queues_fifo(trainings, operator_factory, profile_factory, s3_store):
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "5s"})
+    operator_factory([trainings.namespace], concurrency_per_namespace=1)
+    first = trainings.create("first", {**SPEC, "profileRef": {"name": profile}})
+    wait_for(lambda: trainings.phase("first") == "Training", timeout=60, what="first Training")
+    second = trainings.create("second", {**SPEC, "profileRef": {"name": profile}})
+    wait_for(lambda: trainings.phase("second") == "Queued", timeout=60, what="second Queued")
+    assert [j.metadata.name for j in trainings.jobs(second["metadata"]["uid"])] == ["second-preflight"]
+    conds = {c["type"]: c["reason"] for c in trainings.get("second")["status"]["conditions"]}
+    assert conds["Admitted"] == "WaitingForQuota"
+    play_trainer(s3_store, trainings.namespace, "first", first["metadata"]["uid"])
+    play_trainer(s3_store, trainings.namespace, "second", second["metadata"]["uid"])
+    wait_for(lambda: trainings.phase("first") == "Succeeded", timeout=60, what="first Succeeded")
+    wait_for(lambda: trainings.phase("second") in ("Training", "Succeeded"), timeout=60, what="second runs")
+    wait_for(lambda: trainings.phase("second") == "Succeeded", timeout=60, what="second Succeeded")
+
+
+def test_suspend_and_resume(trainings, operator_factory, profile_factory, s3_store):
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
+    operator_factory([trainings.namespace])
+    obj = trainings.create("s", {**SPEC, "profileRef": {"name": profile}})
+    uid = obj["metadata"]["uid"]
+    # fake-hold keeps pods Running; the preflight's completion is played through its report.
+    play_trainer(s3_store, trainings.namespace, "s", uid)
+    wait_for(lambda: trainings.phase("s") in ("Preflight", "Training"), timeout=60, what="started")
+    trainings.patch_spec("s", {"suspend": True})
+    wait_for(lambda: trainings.phase("s") == "Suspended", timeout=60, what="Suspended")
+    status = trainings.get("s")["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "True"
+    trainings.patch_spec("s", {"suspend": False})
+    wait_for(lambda: trainings.phase("s") in ("Training", "Preflight"), timeout=60, what="resumed")
+
+
+def test_job_deleted_by_someone_is_reported_not_recreated(trainings, operator_factory, profile_factory,
+                                                         s3_store):
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
+    operator_factory([trainings.namespace])
+    obj = trainings.create("d", {**SPEC, "profileRef": {"name": profile}})
+    # The preflight passes as soon as its report says so, even while its pod is still held.
+    play_trainer(s3_store, trainings.namespace, "d", obj["metadata"]["uid"])
+    wait_for(lambda: trainings.phase("d") == "Training", timeout=60, what="Training")
+    trainings.batch.delete_namespaced_job("d-train", trainings.namespace, propagation_policy="Background")
+    wait_for(lambda: trainings.phase("d") == "Failed", timeout=60, what="Failed")
+    assert trainings.get("d")["status"]["failure"]["reason"] == "JobDeleted"
+    assert [j.metadata.name for j in trainings.jobs(obj["metadata"]["uid"])] == ["d-preflight"]
+
+
+def test_deleting_the_training_collects_its_children(trainings, operator_factory, profile_factory, k8s_api):
+    from kubernetes import client
+
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
+    operator_factory([trainings.namespace])
+    obj = trainings.create("g", {**SPEC, "profileRef": {"name": profile}})
+    uid = obj["metadata"]["uid"]
+    wait_for(lambda: trainings.jobs(uid), timeout=60, what="preflight Job")
+    core = client.CoreV1Api(k8s_api)
+    assert core.read_namespaced_secret("g-store", trainings.namespace).metadata.owner_references[0].uid == uid
+    trainings.delete("g")
+    wait_for(lambda: not trainings.jobs(uid), timeout=60, what="Jobs collected")
+
+    def secret_gone() -> bool:
+        try:
+            core.read_namespaced_secret("g-store", trainings.namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(secret_gone, timeout=60, what="Secret collected")
