@@ -58,13 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
-    from iclora_operator.localcluster.cluster import STATE_DIR_ENV
-
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=None,
-        help=f"cluster folder (default: ${STATE_DIR_ENV} or ~/.cache/masked-iclora/clusters/default)",
+        help=f"cluster folder (default: $ICLORA_CLUSTER_DIR or ~/.cache/masked-iclora/clusters/default)",
     )
 
 

@@ -78,6 +78,7 @@ class LocalCluster:
     local_node_name: str | None = None
     owner_pid: int = 0
     started_at: str = ""
+    startup_seconds: float = 0.0
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -129,7 +130,8 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
-        log.info("local cluster up in %.1f s (%s)", time.monotonic() - t0, self.kubeconfig)
+        self.startup_seconds = time.monotonic() - t0
+        log.info("local cluster up in %.1f s (%s)", self.startup_seconds, self.kubeconfig)
         return self
 
     def _start_all(self) -> None:
@@ -465,13 +467,25 @@ def stop_recorded(state_dir: Path, extra: list[procs.ProcessRecord] | None = Non
 
 
 def reap_orphans(base_dir: Path) -> None:
-    """Stop clusters under ``base_dir`` whose owner process is gone (a test run that crashed)."""
+    """Clean up folders under ``base_dir`` whose owner process is gone.
+
+    Folders are named ``<kind>-<owner pid>-<suffix>``: a folder with a live state file is a
+    test run that crashed before its teardown (its processes are killed); one without is
+    the logs of a finished run (removed, so they do not pile up).
+    """
     if not base_dir.is_dir():
         return
-    for state_path in base_dir.glob(f"*/{STATE_FILE}"):
+    for folder in base_dir.iterdir():
+        state_path = folder / STATE_FILE
+        owner: int | None = None
         with contextlib.suppress(ValueError, KeyError, OSError):
-            owner = json.loads(state_path.read_text())["owner_pid"]
-            if procs.proc_start_time(owner) is None:
-                log.warning("reaping orphaned local cluster in %s", state_path.parent)
-                stop_recorded(state_path.parent)
-                shutil.rmtree(state_path.parent, ignore_errors=True)
+            owner = int(json.loads(state_path.read_text())["owner_pid"])
+        if owner is None:
+            with contextlib.suppress(IndexError, ValueError):
+                owner = int(folder.name.split("-")[1])
+        if owner is None or procs.proc_start_time(owner) is not None:
+            continue
+        if state_path.exists():
+            log.warning("reaping orphaned local cluster in %s", folder)
+            stop_recorded(folder)
+        shutil.rmtree(folder, ignore_errors=True)

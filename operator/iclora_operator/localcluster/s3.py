@@ -105,3 +105,41 @@ def s3_ready(store: S3Store) -> bool:
         return store.client().bucket_exists(store.bucket)
     except Exception:  # any connection/protocol error means "not yet"
         return False
+
+
+class LocalS3:
+    """A standalone S3 store with its own state folder (for tests that need S3 but no cluster)."""
+
+    def __init__(self, state_dir: Path, buckets: tuple[str, ...] = DEFAULT_BUCKETS) -> None:
+        self.state_dir = state_dir
+        self.buckets = buckets
+        self.store: S3Store | None = None
+        self.record: procs.ProcessRecord | None = None
+
+    def start(self, timeout: float = 30.0) -> S3Store:
+        import os
+        import time
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store, self.record = start_weed(
+            self.state_dir / "data", self.state_dir / "weed.log", self.buckets
+        )
+        # Same state file shape as a cluster, so a crashed run is reaped the same way.
+        (self.state_dir / "state.json").write_text(
+            json.dumps({"owner_pid": os.getpid(), "processes": [dataclasses.asdict(self.record)]})
+        )
+        deadline = time.monotonic() + timeout
+        while not s3_ready(self.store):
+            if not self.record.alive():
+                raise RuntimeError(f"weed exited; see {self.state_dir / 'weed.log'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"S3 not ready after {timeout} s; see {self.state_dir / 'weed.log'}")
+            time.sleep(0.2)
+        return self.store
+
+    def stop(self) -> None:
+        if self.record is not None:
+            self.record.stop()
+        (self.state_dir / "state.json").unlink(missing_ok=True)
+        shutil.rmtree(self.state_dir / "data", ignore_errors=True)
