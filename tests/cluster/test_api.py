@@ -38,7 +38,10 @@ def _crd() -> dict:
                                         "alpha": {"type": "integer"},
                                     },
                                     "x-kubernetes-validations": [
-                                        {"rule": "self.alpha <= self.rank", "message": "alpha must not exceed rank"}
+                                        {
+                                            "rule": "self.alpha <= self.rank",
+                                            "message": "alpha must not exceed rank",
+                                        }
                                     ],
                                 }
                             },
@@ -66,8 +69,12 @@ def test_crd_cel_rule_rejects_bad_object(k8s_api, k8s_namespace):
     objs = client.CustomObjectsApi(k8s_api)
 
     def create(rank: int, alpha: int) -> dict:
-        body = {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "metadata": {"name": f"w-{rank}-{alpha}"},
-                "spec": {"rank": rank, "alpha": alpha}}
+        body = {
+            "apiVersion": f"{GROUP}/v1",
+            "kind": "Widget",
+            "metadata": {"name": f"w-{rank}-{alpha}"},
+            "spec": {"rank": rank, "alpha": alpha},
+        }
         return objs.create_namespaced_custom_object(GROUP, "v1", k8s_namespace, "widgets", body)
 
     # The discovery cache of a fresh CRD can lag a moment: retry the good object until served.

@@ -6,13 +6,14 @@ import pytest
 from kubernetes import client
 
 from iclora_operator.localcluster import nodes
-
 from iclora_operator.localcluster.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.cluster
 
 
-def _gpu_job(name: str, annotations: dict[str, str] | None = None, pod_failure_policy: dict | None = None) -> dict:
+def _gpu_job(
+    name: str, annotations: dict[str, str] | None = None, pod_failure_policy: dict | None = None
+) -> dict:
     spec: dict = {
         "backoffLimit": 0,
         "template": {
@@ -61,7 +62,10 @@ def test_gpu_job_succeeds_on_kwok_gpu_node(k8s_api, k8s_namespace, local_cluster
 def test_gpu_job_fails_with_exit_code_and_message(k8s_api, k8s_namespace):
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
     policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [12]}}]}
-    annotations = {"iclora.dev/fake-exit-code": "12", "iclora.dev/fake-message": '{"reason":"DatasetInvalid"}'}
+    annotations = {
+        "iclora.dev/fake-exit-code": "12",
+        "iclora.dev/fake-message": '{"reason":"DatasetInvalid"}',
+    }
     batch.create_namespaced_job(k8s_namespace, _gpu_job("bad", annotations, policy))
     cond = wait_for(lambda: _job_condition(batch, "bad", k8s_namespace, "Failed"), what="Job Failed")
     assert cond.reason == "PodFailurePolicy"
@@ -79,8 +83,10 @@ def test_deleting_owner_collects_children(k8s_api, k8s_namespace):
     core.create_namespaced_config_map(
         k8s_namespace, {"metadata": {"name": "child", "ownerReferences": [owner]}, "data": {"a": "b"}}
     )
-    wait_for(lambda: [p for p in _pods(core, k8s_namespace, "owner") if p.status.phase == "Running"],
-             what="held pod Running")
+    wait_for(
+        lambda: [p for p in _pods(core, k8s_namespace, "owner") if p.status.phase == "Running"],
+        what="held pod Running",
+    )
     batch.delete_namespaced_job("owner", k8s_namespace, propagation_policy="Background")
 
     def gone() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,13 @@ def _local_pod(name: str, script: str, *args: str, **container: object) -> dict:
             "nodeSelector": {nodes.LOCAL_RUNNER_LABEL: "true"},
             "tolerations": [nodes.LOCAL_RUNNER_TOLERATION],
             "containers": [
-                {"name": "main", "image": "ignored", "command": [sys.executable, "-c", script],
-                 "args": list(args), **container}
+                {
+                    "name": "main",
+                    "image": "ignored",
+                    "command": [sys.executable, "-c", script],
+                    "args": list(args),
+                    **container,
+                }
             ],
         },
     }
@@ -76,7 +80,9 @@ def test_failing_pod_reports_exit_code_and_log_tail(k8s_api, k8s_namespace):
 
 def test_env_from_secret_configmap_and_emptydir(k8s_api, k8s_namespace):
     core = client.CoreV1Api(k8s_api)
-    core.create_namespaced_secret(k8s_namespace, {"metadata": {"name": "creds"}, "stringData": {"key": "s3cr3t"}})
+    core.create_namespaced_secret(
+        k8s_namespace, {"metadata": {"name": "creds"}, "stringData": {"key": "s3cr3t"}}
+    )
     core.create_namespaced_config_map(k8s_namespace, {"metadata": {"name": "cfg"}, "data": {"MODE": "fast"}})
     script = (
         "import os, pathlib\n"
@@ -110,8 +116,7 @@ def test_env_from_secret_configmap_and_emptydir(k8s_api, k8s_namespace):
 
 def test_deleting_pod_kills_its_process(k8s_api, k8s_namespace, local_cluster):
     core = client.CoreV1Api(k8s_api)
-    marker = uuid.uuid4().hex
-    script = f"import os, time\nopen(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(str(os.getpid()))  # {marker}\n"
+    script = "import os, time\nopen(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(str(os.getpid()))\n"
     script += "time.sleep(600)\n"
     core.create_namespaced_pod(k8s_namespace, _local_pod("sleeper", script))
     pid_file = local_cluster.pods_dir / k8s_namespace / "sleeper" / "main.termination-log"

@@ -18,7 +18,9 @@ def test_s3_round_trip(s3_store):
     mc = s3_store.client()
     key = f"roundtrip/{uuid.uuid4().hex}.bin"
     payload = b"masked iclora \x00\x01" * 1000
-    mc.put_object(s3_store.bucket, key, io.BytesIO(payload), len(payload), content_type="application/octet-stream")
+    mc.put_object(
+        s3_store.bucket, key, io.BytesIO(payload), len(payload), content_type="application/octet-stream"
+    )
     stat = mc.stat_object(s3_store.bucket, key)
     assert stat.size == len(payload)
     resp = mc.get_object(s3_store.bucket, key)

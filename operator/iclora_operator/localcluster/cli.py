@@ -62,7 +62,7 @@ def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help=f"cluster folder (default: $ICLORA_CLUSTER_DIR or ~/.cache/masked-iclora/clusters/default)",
+        help="cluster folder (default: $ICLORA_CLUSTER_DIR or ~/.cache/masked-iclora/clusters/default)",
     )
 
 
