@@ -1,0 +1,130 @@
+"""Pods bound to the local-runner node run as real local processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from iclora_operator.localcluster import nodes, procs
+from iclora_operator.localcluster.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def _local_pod(name: str, script: str, *args: str, **container: object) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {nodes.LOCAL_RUNNER_LABEL: "true"},
+            "tolerations": [nodes.LOCAL_RUNNER_TOLERATION],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "ignored",
+                    "command": [sys.executable, "-c", script],
+                    "args": list(args),
+                    **container,
+                }
+            ],
+        },
+    }
+
+
+def _terminal(core: client.CoreV1Api, name: str, ns: str) -> client.V1Pod | None:
+    pod = core.read_namespaced_pod(name, ns)
+    return pod if pod.status.phase in ("Succeeded", "Failed") else None
+
+
+def test_pod_runs_python_and_reports_termination_message(k8s_api, k8s_namespace, local_cluster):
+    core = client.CoreV1Api(k8s_api)
+    script = (
+        "import json, os, sys\n"
+        "open(sys.argv[1], 'w').write(json.dumps({'pid': os.getpid(), 'pod': os.environ['POD']}))\n"
+        "print('hello from the pod')\n"
+    )
+    env = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    # The in-pod path in args is rewritten to the pod's termination-message file.
+    core.create_namespaced_pod(k8s_namespace, _local_pod("hello", script, "/dev/termination-log", env=env))
+    pod = wait_for(lambda: _terminal(core, "hello", k8s_namespace), what="pod finished")
+    assert pod.spec.node_name == local_cluster.local_node_name
+    assert pod.status.phase == "Succeeded"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 0
+    message = json.loads(terminated.message)
+    assert message["pod"] == "hello"
+    assert message["pid"] != os.getpid()
+    log = local_cluster.pods_dir / k8s_namespace / "hello" / "main.log"
+    assert log.read_text() == "hello from the pod\n"
+
+
+def test_failing_pod_reports_exit_code_and_log_tail(k8s_api, k8s_namespace):
+    core = client.CoreV1Api(k8s_api)
+    script = "import sys\nprint('dataset is broken', file=sys.stderr)\nsys.exit(13)\n"
+    core.create_namespaced_pod(
+        k8s_namespace, _local_pod("fails", script, terminationMessagePolicy="FallbackToLogsOnError")
+    )
+    pod = wait_for(lambda: _terminal(core, "fails", k8s_namespace), what="pod finished")
+    assert pod.status.phase == "Failed"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 13
+    assert terminated.message.strip() == "dataset is broken"
+
+
+def test_env_from_secret_configmap_and_emptydir(k8s_api, k8s_namespace):
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_secret(
+        k8s_namespace, {"metadata": {"name": "creds"}, "stringData": {"key": "s3cr3t"}}
+    )
+    core.create_namespaced_config_map(k8s_namespace, {"metadata": {"name": "cfg"}, "data": {"MODE": "fast"}})
+    script = (
+        "import os, pathlib\n"
+        "out = pathlib.Path(os.environ['OUT'])\n"
+        "out.write_text(os.environ['SECRET'] + ' ' + os.environ['MODE'])\n"
+        "assert out.parent == pathlib.Path(os.environ['ICLORA_MOUNT_SCRATCH'])\n"
+        "msg = out.read_text() + ' ' + str(out)\n"
+        "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(msg)\n"
+    )
+    pod = _local_pod(
+        "env",
+        script,
+        env=[
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
+            {"name": "OUT", "value": "/scratch/out.txt"},
+        ],
+        envFrom=[{"configMapRef": {"name": "cfg"}}],
+        volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
+    )
+    pod["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    core.create_namespaced_pod(k8s_namespace, pod)
+    done = wait_for(lambda: _terminal(core, "env", k8s_namespace), what="pod finished")
+    terminated = done.status.container_statuses[0].state.terminated
+    assert done.status.phase == "Succeeded", terminated
+    secret, mode, out = terminated.message.split(" ")
+    assert (secret, mode) == ("s3cr3t", "fast")
+    # /scratch is no free name under the temp folder: the runner rewrote it into the pod's folder.
+    assert Path(out).read_text() == "s3cr3t fast"
+    assert not Path("/scratch").exists()
+
+
+def test_deleting_pod_kills_its_process(k8s_api, k8s_namespace, local_cluster):
+    core = client.CoreV1Api(k8s_api)
+    script = "import os, time\nopen(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(str(os.getpid()))\n"
+    script += "time.sleep(600)\n"
+    core.create_namespaced_pod(k8s_namespace, _local_pod("sleeper", script))
+    pid_file = local_cluster.pods_dir / k8s_namespace / "sleeper" / "main.termination-log"
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="process started"))
+    assert procs.proc_start_time(pid) is not None
+    core.delete_namespaced_pod("sleeper", k8s_namespace)
+    wait_for(lambda: procs.proc_start_time(pid) is None, what="process killed")
+    wait_for(
+        lambda: "sleeper" not in [p.metadata.name for p in core.list_namespaced_pod(k8s_namespace).items],
+        what="pod object removed",
+    )
