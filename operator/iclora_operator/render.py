@@ -264,7 +264,7 @@ def _pod_failure_policy() -> dict[str, Any]:
 def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
-        limits["nvidia.com/gpu"] = gpus
+        limits["nvidia.com/gpu"] = str(gpus)
     return {"requests": dict(limits), "limits": limits}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import threading
 from typing import Any
 
@@ -36,17 +37,52 @@ def kopf_settings(settings: Any) -> Any:
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
     ks.networking.request_timeout = 60
-    ks.batching.worker_limit = 64
+    ks.queueing.worker_limit = 64
     ks.execution.max_workers = 32
     return ks
 
 
+def load_kube_config(kubeconfig: str | None = None) -> None:
+    """Configure the Kubernetes client: an explicit kubeconfig, $KUBECONFIG, in-cluster, then ~/.kube."""
+    from kubernetes import config
+
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        config.load_kube_config(config_file=path)
+        return
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def _login(**_: Any) -> Any:
+    """kopf login from the already configured Kubernetes client (one source of credentials)."""
+    import kopf
+    from kubernetes import client
+
+    cfg = client.Configuration.get_default_copy()
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        default_namespace=None,
+    )
+
+
 def run_operator(settings: Any = None, *, namespaces: list[str] | None = None,
                  stop_flag: threading.Event | None = None, ready_flag: threading.Event | None = None,
-                 liveness: str | None = None, metrics_port: int | None = None) -> None:
+                 liveness: str | None = None, metrics_port: int | None = None,
+                 kubeconfig: str | None = None) -> None:
     """Run the operator until `stop_flag` is set (blocking; call it in a thread for tests)."""
     import kopf
-    from kubernetes import config
 
     from iclora_operator.adapters.kube import Kube
     from iclora_operator.handlers import Memo, build_registry
@@ -54,18 +90,20 @@ def run_operator(settings: Any = None, *, namespaces: list[str] | None = None,
     from iclora_operator.settings import OperatorSettings
 
     settings = settings or OperatorSettings()
-    config.load_config()
+    load_kube_config(kubeconfig)
     metrics = Metrics()
     port = settings.metrics_port if metrics_port is None else metrics_port
     if port:
         metrics.serve(port)
     memo = Memo(settings=settings, kube=Kube(), metrics=metrics)
     watched = namespaces if namespaces is not None else settings.namespaces
+    registry = build_registry(settings)
+    kopf.on.login(registry=registry)(_login)
     loop = asyncio.new_event_loop()
     try:
         kopf.run(
             loop=loop,
-            registry=build_registry(settings),
+            registry=registry,
             settings=kopf_settings(settings),
             memo=memo,
             standalone=True,

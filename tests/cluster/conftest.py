@@ -1,3 +1,4 @@
-"""Cluster tests: a real control plane, kwok nodes, the local pod runner and S3 (one per session)."""
+"""Cluster tests: a real control plane, kwok nodes, the local pod runner and S3 (one per session).
 
-pytest_plugins = ["iclora_operator.localcluster.pytest_plugin"]
+The fixtures come from `iclora_operator.localcluster.pytest_plugin`, loaded in tests/conftest.py.
+"""

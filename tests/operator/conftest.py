@@ -53,13 +53,12 @@ class RunningOperator:
 
 
 @pytest.fixture
-def operator_factory(local_cluster: Any, s3_store: Any, installed_crds: None,
-                     monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RunningOperator]]:
+def operator_factory(local_cluster: Any, s3_store: Any,
+                     installed_crds: None) -> Iterator[Callable[..., RunningOperator]]:
     """Start the real operator (kopf, in a thread) watching the given namespaces."""
     from iclora_operator.run import run_operator
     from iclora_operator.settings import OperatorSettings, StoreSettings
 
-    monkeypatch.setenv("KUBECONFIG", str(local_cluster.kubeconfig))
     running: list[RunningOperator] = []
 
     def make(namespaces: list[str], **overrides: Any) -> RunningOperator:
@@ -74,7 +73,7 @@ def operator_factory(local_cluster: Any, s3_store: Any, installed_crds: None,
             thread = threading.Thread(
                 target=run_operator, args=(settings,),
                 kwargs={"namespaces": namespaces, "stop_flag": stop_flag, "ready_flag": ready_flag,
-                        "metrics_port": 0},
+                        "metrics_port": 0, "kubeconfig": str(local_cluster.kubeconfig)},
                 daemon=True,
             )
             thread.start()

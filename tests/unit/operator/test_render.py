@@ -114,7 +114,7 @@ def test_preflight_uses_no_gpu_and_carries_the_effective_spec():
 def test_single_node_training():
     job = render_training_job(ctx(gpus=1), suspend=False)
     res = container_of(job)["resources"]
-    assert res["limits"]["nvidia.com/gpu"] == 1
+    assert res["limits"]["nvidia.com/gpu"] == "1"
     assert res["requests"] == res["limits"]
     assert job["spec"]["completions"] == 1
     assert container_of(job)["command"] == ["iclora"]
