@@ -303,9 +303,10 @@ class LocalCluster:
 
     # -- clients -------------------------------------------------------------------------
     def api_client(self):  # -> kubernetes.client.ApiClient, imported lazily
-        from kubernetes import client, config
+        """An admin client for this cluster (the kubeconfig's token user)."""
+        from kubernetes import config
 
-        return config.new_client_from_config(str(self.kubeconfig)) if self.kubeconfig.exists() else client
+        return config.new_client_from_config(str(self.kubeconfig))
 
     # -- internals -----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -379,10 +380,10 @@ class LocalCluster:
         raise ClusterStartError(f"timed out waiting for {what}; logs in {self.logs_dir}")
 
     def _core(self):
-        from kubernetes import client, config
+        from kubernetes import client
 
         if not hasattr(self, "_core_api"):
-            self._core_api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+            self._core_api = client.CoreV1Api(self.api_client())
         return self._core_api
 
     def _create_kwok_nodes(self) -> None:
