@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--no-s3", action="store_true")
     up.add_argument("--bucket", action="append", help="bucket to create (repeatable; default: iclora)")
+    up.add_argument(
+        "--kueue", action="store_true", help="also run Kueue (build it first: --components kueue)"
+    )
     up.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C stops it")
     up.set_defaults(func=_up)
 
@@ -104,6 +107,7 @@ def _up(args: argparse.Namespace) -> int:
         s3=not args.no_s3,
         buckets=tuple(args.bucket or ("iclora",)),
         die_with_parent=args.foreground,
+        kueue=args.kueue,
     )
     t0 = time.monotonic()
     cluster = LocalCluster(_resolve_state_dir(args), config).start()

@@ -59,6 +59,9 @@ class ClusterConfig:
     local_runner_tainted: bool = False
     s3: bool = True
     buckets: tuple[str, ...] = DEFAULT_BUCKETS
+    # Kueue out of cluster (needs `build --components kueue`; see kueue.py for its cert pitfall).
+    kueue: bool = False
+    kueue_gpu_quota: int = 1
     # Kill every component when the starting process dies (tests); off for a detached `up`.
     die_with_parent: bool = True
     start_timeout: float = 90.0
@@ -267,6 +270,19 @@ class LocalCluster:
         if self.s3:
             s3 = self.s3
             self._wait("S3", lambda: s3_ready(s3))
+        if cfg.kueue:
+            self._start_kueue()
+
+    def _start_kueue(self) -> None:
+        from iclora_operator.localcluster import kueue
+
+        health, metrics, webhook = free_ports(3)
+        argv = kueue.prepare(self, health, metrics, webhook)
+        self._core().create_namespace({"metadata": {"name": kueue.NAMESPACE}})
+        self._spawn("kueue", argv)
+        self._save_state()
+        self._wait("kueue /readyz", lambda: _http_ok(f"http://127.0.0.1:{health}/readyz"))
+        kueue.create_queues(self.api_client(), self.config.kueue_gpu_quota)
 
     def stop(self) -> None:
         """Stop every recorded process (runner first, so it can kill its pods), leave no port open."""
@@ -418,6 +434,14 @@ class LocalCluster:
         return expected <= ready
 
 
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _https_ok(port: int, path: str = "/healthz") -> bool:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -432,6 +456,7 @@ def _https_ok(port: int, path: str = "/healthz") -> bool:
 # Components in the order they are stopped: the runner first (it kills its pods), etcd last.
 _STOP_ORDER = [
     "podrunner",
+    "kueue",
     "kwok",
     "kube-scheduler",
     "kube-controller-manager",
