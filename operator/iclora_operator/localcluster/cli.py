@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from iclora_operator.localcluster.binaries import DEFAULT_COMPONENTS  # stdlib only: cheap
+
     parser = subparsers.add_parser(
         "local-cluster",
         help="run a local Kubernetes control plane with fake GPU nodes and S3",
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="build the control-plane binaries from source (cached)")
     build.add_argument(
         "--components",
-        default="k8s,etcd,kwok,helm",
+        default=",".join(DEFAULT_COMPONENTS),
         help="comma-separated: k8s,etcd,kwok,helm,kueue (default: %(default)s)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even when cached")

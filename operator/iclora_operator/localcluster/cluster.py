@@ -9,6 +9,7 @@ so ``stop()`` — from this process, another one (``iclora local-cluster down``)
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -127,6 +128,10 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.owner_pid = os.getpid()
+        if self.config.die_with_parent:
+            # Owned by this process: stop it on a normal interpreter exit too (the kernel's
+            # PDEATHSIG covers the abnormal ones).
+            atexit.register(self.stop)
         self.started_at = dt.datetime.now(dt.UTC).isoformat()
         try:
             self._start_all()

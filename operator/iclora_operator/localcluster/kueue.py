@@ -50,20 +50,20 @@ def prepare(cluster: LocalCluster, health_port: int, metrics_port: int, webhook_
             "kueue is not built: run `iclora local-cluster build --components kueue`"
         )
     _metrics_certs(cluster)
-    # Server-side apply: the CRDs are too large for the last-applied annotation.
+    kubectl = [str(cluster.kubectl), "--kubeconfig", str(cluster.kubeconfig)]
+    # Server-side apply: the CRDs are too large for the last-applied annotation. Kueue
+    # exits at once if its kinds are not served yet, hence the wait for Established.
     subprocess.run(
-        [
-            str(cluster.kubectl),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "apply",
-            "--server-side",
-            "-f",
-            str(crd_dir()),
-        ],
+        [*kubectl, "apply", "--server-side", "-f", str(crd_dir())],
         check=True,
         capture_output=True,
         timeout=120,
+    )
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd_dir())],
+        check=True,
+        capture_output=True,
+        timeout=90,
     )
     work = cluster.state_dir / "kueue"
     certs = work / "certs"

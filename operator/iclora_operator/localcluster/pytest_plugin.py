@@ -91,7 +91,6 @@ def local_cluster(local_cluster_config: ClusterConfig, s3_store: S3Store) -> Ite
     cluster = LocalCluster(_session_dir("cluster"), config)
     cluster.start()
     cluster.s3 = s3_store
-    atexit.register(cluster.stop)
     try:
         yield cluster
     finally:
