@@ -93,3 +93,64 @@ def _try(fn):
         if exc.status == 404:
             return None
         raise
+
+
+def test_validating_admission_policy_is_enforced(k8s_api, k8s_namespace):
+    """The ValidatingAdmissionPolicy admission plugin is on: CEL policies deny requests."""
+    adm = client.AdmissionregistrationV1Api(k8s_api)
+    name = f"deny-forbidden-{k8s_namespace}"
+    adm.create_validating_admission_policy(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["configmaps"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "!has(object.data) || !('forbidden' in object.data)",
+                        "message": "no forbidden key",
+                    }
+                ],
+            },
+        }
+    )
+    adm.create_validating_admission_policy_binding(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k8s_namespace}}
+                },
+            },
+        }
+    )
+    core = client.CoreV1Api(k8s_api)
+    try:
+
+        def denied() -> str | None:
+            try:
+                core.create_namespaced_config_map(
+                    k8s_namespace, {"metadata": {"generateName": "cm-"}, "data": {"forbidden": "x"}}
+                )
+            except client.ApiException as exc:
+                return exc.body if exc.status in (400, 403, 422) else None
+            return None
+
+        # The policy takes a moment to be compiled and picked up by the admission plugin.
+        body = wait_for(denied, timeout=30, interval=0.5, what="policy enforced")
+        assert "no forbidden key" in body
+        core.create_namespaced_config_map(k8s_namespace, {"metadata": {"name": "fine"}, "data": {"ok": "x"}})
+    finally:
+        adm.delete_validating_admission_policy_binding(name)
+        adm.delete_validating_admission_policy(name)

@@ -128,3 +128,35 @@ def test_deleting_pod_kills_its_process(k8s_api, k8s_namespace, local_cluster):
         lambda: "sleeper" not in [p.metadata.name for p in core.list_namespaced_pod(k8s_namespace).items],
         what="pod object removed",
     )
+
+
+def test_indexed_job_runs_on_local_runner(k8s_api, k8s_namespace, local_cluster):
+    """The path the demo takes: a Job's pods run for real, and the Job controller sees them finish."""
+    batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    script = (
+        "import os\n"
+        "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(os.environ['JOB_COMPLETION_INDEX'])\n"
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "indexed"},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 2,
+            "parallelism": 2,
+            "backoffLimit": 0,
+            "template": {"spec": _local_pod("ignored", script)["spec"]},
+        },
+    }
+    batch.create_namespaced_job(k8s_namespace, job)
+
+    def complete() -> bool:
+        conds = batch.read_namespaced_job("indexed", k8s_namespace).status.conditions or []
+        return any(c.type == "Complete" and c.status == "True" for c in conds)
+
+    wait_for(complete, timeout=60, what="Indexed Job Complete")
+    pods = core.list_namespaced_pod(k8s_namespace, label_selector="job-name=indexed").items
+    assert {p.spec.node_name for p in pods} == {local_cluster.local_node_name}
+    messages = sorted(p.status.container_statuses[0].state.terminated.message for p in pods)
+    assert messages == ["0", "1"]

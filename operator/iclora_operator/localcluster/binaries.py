@@ -68,7 +68,7 @@ COMPONENTS: dict[str, Component] = {
     "helm": Component("helm", HELM_VERSION, ("helm",)),
     "kueue": Component("kueue", KUEUE_VERSION, ("kueue",)),
 }
-DEFAULT_COMPONENTS = ("k8s", "etcd", "kwok", "helm")
+DEFAULT_COMPONENTS = ("k8s", "etcd", "kwok", "helm", "kueue")
 
 
 def go_env() -> dict[str, str]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from iclora_operator.localcluster.binaries import DEFAULT_COMPONENTS  # stdlib only: cheap
+
     parser = subparsers.add_parser(
         "local-cluster",
         help="run a local Kubernetes control plane with fake GPU nodes and S3",
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="build the control-plane binaries from source (cached)")
     build.add_argument(
         "--components",
-        default="k8s,etcd,kwok,helm",
+        default=",".join(DEFAULT_COMPONENTS),
         help="comma-separated: k8s,etcd,kwok,helm,kueue (default: %(default)s)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
@@ -45,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--no-s3", action="store_true")
     up.add_argument("--bucket", action="append", help="bucket to create (repeatable; default: iclora)")
+    up.add_argument(
+        "--kueue", action="store_true", help="also run Kueue (build it first: --components kueue)"
+    )
     up.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C stops it")
     up.set_defaults(func=_up)
 
@@ -104,6 +109,7 @@ def _up(args: argparse.Namespace) -> int:
         s3=not args.no_s3,
         buckets=tuple(args.bucket or ("iclora",)),
         die_with_parent=args.foreground,
+        kueue=args.kueue,
     )
     t0 = time.monotonic()
     cluster = LocalCluster(_resolve_state_dir(args), config).start()

@@ -9,6 +9,7 @@ so ``stop()`` — from this process, another one (``iclora local-cluster down``)
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -59,6 +60,9 @@ class ClusterConfig:
     local_runner_tainted: bool = False
     s3: bool = True
     buckets: tuple[str, ...] = DEFAULT_BUCKETS
+    # Kueue out of cluster (needs `build --components kueue`; see kueue.py for its cert pitfall).
+    kueue: bool = False
+    kueue_gpu_quota: int = 1
     # Kill every component when the starting process dies (tests); off for a detached `up`.
     die_with_parent: bool = True
     start_timeout: float = 90.0
@@ -124,6 +128,10 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.owner_pid = os.getpid()
+        if self.config.die_with_parent:
+            # Owned by this process: stop it on a normal interpreter exit too (the kernel's
+            # PDEATHSIG covers the abnormal ones).
+            atexit.register(self.stop)
         self.started_at = dt.datetime.now(dt.UTC).isoformat()
         try:
             self._start_all()
@@ -267,6 +275,19 @@ class LocalCluster:
         if self.s3:
             s3 = self.s3
             self._wait("S3", lambda: s3_ready(s3))
+        if cfg.kueue:
+            self._start_kueue()
+
+    def _start_kueue(self) -> None:
+        from iclora_operator.localcluster import kueue
+
+        health, metrics, webhook = free_ports(3)
+        argv = kueue.prepare(self, health, metrics, webhook)
+        self._core().create_namespace({"metadata": {"name": kueue.NAMESPACE}})
+        self._spawn("kueue", argv)
+        self._save_state()
+        self._wait("kueue /readyz", lambda: _http_ok(f"http://127.0.0.1:{health}/readyz"))
+        kueue.create_queues(self.api_client(), self.config.kueue_gpu_quota)
 
     def stop(self) -> None:
         """Stop every recorded process (runner first, so it can kill its pods), leave no port open."""
@@ -303,9 +324,10 @@ class LocalCluster:
 
     # -- clients -------------------------------------------------------------------------
     def api_client(self):  # -> kubernetes.client.ApiClient, imported lazily
-        from kubernetes import client, config
+        """An admin client for this cluster (the kubeconfig's token user)."""
+        from kubernetes import config
 
-        return config.new_client_from_config(str(self.kubeconfig)) if self.kubeconfig.exists() else client
+        return config.new_client_from_config(str(self.kubeconfig))
 
     # -- internals -----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -379,10 +401,10 @@ class LocalCluster:
         raise ClusterStartError(f"timed out waiting for {what}; logs in {self.logs_dir}")
 
     def _core(self):
-        from kubernetes import client, config
+        from kubernetes import client
 
         if not hasattr(self, "_core_api"):
-            self._core_api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+            self._core_api = client.CoreV1Api(self.api_client())
         return self._core_api
 
     def _create_kwok_nodes(self) -> None:
@@ -417,6 +439,14 @@ class LocalCluster:
         return expected <= ready
 
 
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _https_ok(port: int, path: str = "/healthz") -> bool:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -431,6 +461,7 @@ def _https_ok(port: int, path: str = "/healthz") -> bool:
 # Components in the order they are stopped: the runner first (it kills its pods), etcd last.
 _STOP_ORDER = [
     "podrunner",
+    "kueue",
     "kwok",
     "kube-scheduler",
     "kube-controller-manager",

@@ -9,6 +9,7 @@ Load with ``pytest_plugins = ["iclora_operator.localcluster.pytest_plugin"]``.
   runner node is tainted ``iclora.dev/local-runner=true:NoSchedule``: pods that should run
   as real processes tolerate it (and select ``iclora.dev/local-runner=true``); every other
   pod lands on kwok nodes.
+- ``local_cluster_config`` (session): the ``ClusterConfig`` used; override it in a conftest.
 - ``k8s_api`` (session): a ``kubernetes.client.ApiClient`` for the cluster.
 - ``k8s_namespace`` (function): a fresh namespace, deleted afterwards.
 - ``wait_for(check, timeout)``: poll until ``check()`` is truthy (assert on state, not logs).
@@ -19,6 +20,7 @@ When the binaries are missing the fixtures fail (never skip): CI must notice.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import shutil
 import time
@@ -73,15 +75,22 @@ def s3_store() -> Iterator[S3Store]:
 
 
 @pytest.fixture(scope="session")
-def local_cluster(s3_store: S3Store) -> Iterator[LocalCluster]:
+def local_cluster_config() -> ClusterConfig:
+    """Override in a conftest to shape the session cluster (e.g. an untainted local runner)."""
+    return ClusterConfig(local_runner_tainted=True)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(local_cluster_config: ClusterConfig, s3_store: S3Store) -> Iterator[LocalCluster]:
     try:
         binaries.require_binaries()
     except binaries.BinariesMissing as exc:
         pytest.fail(str(exc), pytrace=False)
-    cluster = LocalCluster(_session_dir("cluster"), ClusterConfig(local_runner_tainted=True, s3=False))
+    # S3 comes from the s3_store fixture, so tests that need only S3 do not start a cluster.
+    config = dataclasses.replace(local_cluster_config, s3=False, die_with_parent=True)
+    cluster = LocalCluster(_session_dir("cluster"), config)
     cluster.start()
     cluster.s3 = s3_store
-    atexit.register(cluster.stop)
     try:
         yield cluster
     finally:
