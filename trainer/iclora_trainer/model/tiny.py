@@ -102,8 +102,9 @@ def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwa
         else:
             tensors[f"vae.encoder.{name}"] = _random_like(name, value, generator)
     model_path = directory / TINY_CHECKPOINT_NAME
+    # bf16 like the released checkpoints (ltx-core fuses LoRAs only into bf16/fp8 weights).
     save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
+        {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
         str(model_path),
         metadata={"config": json.dumps(config)},
     )
