@@ -1,0 +1,178 @@
+"""`iclora train`: the trainer image's entry point (also usable on one GPU box without a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="Train a masked IC-LoRA (the trainer image's entry point).",
+        description="Train a masked video-to-video IC-LoRA on LTX-2.3 from a prepared dataset.",
+    )
+    p.add_argument("--spec", required=True, help="Manifest (YAML/JSON) or snake_case request JSON.")
+    p.add_argument("--dataset", required=True, help="Prepared dataset dir or s3:// prefix (or a raw .zip).")
+    p.add_argument(
+        "--output", required=True, help="Output dir or s3:// prefix (checkpoints, artifacts, progress)."
+    )
+    p.add_argument("--model-path", help="LTX-2.3 checkpoint .safetensors (env ICLORA_MODEL_PATH).")
+    p.add_argument("--text-encoder-path", help="Gemma root dir or tiny text encoder file.")
+    p.add_argument("--settings", help="Trainer settings file (JSON or YAML), see TrainerSettings.")
+    p.add_argument("--steps", type=int, help="Override the spec's numberOfSteps (may go below 100).")
+    p.add_argument("--checkpoint-interval", type=int)
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2])
+    p.add_argument("--engine", choices=["auto", "torch", "deepspeed"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--work-dir")
+    p.add_argument("--termination-log", help="Default: $ICLORA_TERMINATION_LOG or /dev/termination-log.")
+    p.set_defaults(func=run)
+
+
+def _read_document(path: str) -> Any:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        return yaml.safe_load(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse, train, report; every failure ends with a contract exit code and termination message."""
+    from iclora_trainer.contract import Result
+    from iclora_trainer.errors import TrainerError
+    from iclora_trainer.reporting import write_termination_message
+
+    logging.basicConfig(
+        level=os.environ.get("ICLORA_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        spawned = _maybe_spawn_local_ranks()
+        if spawned is not None:
+            return spawned
+        outcome_result = _train(args)
+        write_termination_message(outcome_result, args.termination_log)
+        return 0
+    except TrainerError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        result = Result(status="Failed", reason=exc.reason, message=str(exc)[:2000])
+        _report_failure(args, result)
+        return int(exc.exit_code)
+    except Exception as exc:
+        log.exception("internal error")
+        from iclora_trainer.contract import ExitCode
+
+        result = Result(
+            status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        _report_failure(args, result)
+        return int(ExitCode.INTERNAL_ERROR)
+
+
+def _report_failure(args: argparse.Namespace, result: Any) -> None:
+    from iclora_trainer.distributed import dist_env
+    from iclora_trainer.reporting import Reporter, write_termination_message
+    from iclora_trainer.storage import open_store
+
+    write_termination_message(result, args.termination_log)
+    if dist_env().rank == 0:
+        try:
+            Reporter(open_store(args.output), 0, 1).result(result)
+        except Exception as exc:  # the store itself may be what failed
+            log.warning("result.json not written: %s", exc)
+
+
+def _maybe_spawn_local_ranks() -> int | None:
+    """On a multi-GPU pod started without LOCAL_RANK, run one child per GPU and return the worst code."""
+    gpus = int(os.environ.get("ICLORA_GPUS_PER_NODE", "1"))
+    if gpus <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "iclora_operator.cli", *sys.argv[1:]],
+            env={**os.environ, "LOCAL_RANK": str(i)},
+        )
+        for i in range(gpus)
+    ]
+    codes = [c.wait() for c in children]
+    return max(codes, key=lambda c: (c != 0, c))
+
+
+def _train(args: argparse.Namespace) -> Any:
+    from iclora_operator.api.validation import spec_from_document, validate_spec
+    from iclora_trainer.config import load_settings
+    from iclora_trainer.distributed import dist_env, export_torch_env
+    from iclora_trainer.errors import DatasetError, SpecError
+    from iclora_trainer.loop import TrainingPlan, train
+    from iclora_trainer.storage import materialise, open_store
+
+    try:
+        spec = validate_spec(spec_from_document(_read_document(args.spec)))
+    except (OSError, ValueError) as exc:
+        raise SpecError(str(exc)) from exc
+    except Exception as exc:  # SpecInvalid and YAML errors
+        raise SpecError(str(exc)) from exc
+    overrides = {
+        "model_path": args.model_path,
+        "text_encoder_path": args.text_encoder_path,
+        "steps": args.steps,
+        "checkpoint_interval": args.checkpoint_interval,
+        "zero_stage": args.zero_stage,
+        "engine": args.engine,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "work_dir": args.work_dir,
+    }
+    try:
+        settings = load_settings(args.settings, dict(os.environ), overrides)
+    except Exception as exc:
+        raise SpecError(f"trainer settings: {exc}") from exc
+    plan = TrainingPlan(
+        steps=spec.number_of_steps,
+        rank=spec.rank,
+        learning_rate=spec.learning_rate,
+        trigger_phrase=spec.trigger_phrase,
+    )
+    dist = dist_env()
+    work = Path(settings.work_dir) / f"rank{dist.rank}"
+    settings = settings.model_copy(update={"work_dir": str(work)})
+    dataset = args.dataset
+    if dataset.endswith(".zip"):
+        # Hook: a raw archive goes through the dataset preflight first (wired by the lead).
+        from iclora_trainer.dataset import preflight  # type: ignore[attr-defined]
+
+        dataset = str(preflight.prepare_for_training(dataset, spec, work / "prepared"))  # pragma: no cover
+    try:
+        dataset_dir = materialise(dataset, work / "dataset")
+    except Exception as exc:
+        raise DatasetError(f"dataset {dataset}: {exc}") from exc
+    if dist.distributed:
+        import deepspeed
+        import torch
+
+        export_torch_env(dist)
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    store = open_store(args.output)
+    outcome = train(plan, settings, dataset_dir, store, dist)
+    return outcome.result

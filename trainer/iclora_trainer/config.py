@@ -1,0 +1,83 @@
+"""Trainer settings (operator/profile concerns, not part of the user's spec). No torch import.
+
+Precedence: defaults < settings file (JSON or YAML) < environment (ICLORA_*) < CLI flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "ICLORA_"
+
+
+class TrainerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str | None = Field(
+        default=None, description="LTX-2.3 checkpoint (.safetensors, config in metadata)."
+    )
+    text_encoder_path: str | None = Field(
+        default=None, description="Gemma root folder, or a tiny text-encoder .safetensors (tests, demo)."
+    )
+    base_model: str = Field(default="LTX-2.3", description="Base model name written to the LoRA metadata.")
+    steps: int | None = Field(
+        default=None, ge=1, description="Override the spec's numberOfSteps (tests, demo)."
+    )
+    batch_size: int = Field(default=1, ge=1, description="Samples per rank per step.")
+    checkpoint_interval: int = Field(default=250, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1, description="Completed checkpoints kept in the output.")
+    progress_interval: int = Field(default=10, ge=1)
+    engine: Literal["auto", "torch", "deepspeed"] = Field(
+        default="auto", description="auto: DeepSpeed when more than one rank or on GPU, else plain torch."
+    )
+    zero_stage: int = Field(default=2, ge=0, le=2)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU."
+    )
+    seed: int = 42
+    warmup_steps: int | None = Field(default=None, ge=0, description="Default: 5% of the steps, at most 100.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    gradient_checkpointing: bool = True
+    sigma_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
+    reference_downscale_factor: int = Field(
+        default=1, ge=1, description="Reference encoded at 1/d resolution."
+    )
+    work_dir: str = Field(default="/tmp/iclora-work", description="Local scratch (latents, checkpoints).")
+
+    def resolved_warmup(self, steps: int) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, steps)
+        return min(100, max(0, steps // 20))
+
+
+def load_settings(path: str | Path | None, env: dict[str, str], overrides: dict[str, Any]) -> TrainerSettings:
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data.update(yaml.safe_load(text) or {})
+        else:
+            data.update(json.loads(text))
+    for name in TrainerSettings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            data[name] = env[key]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainerSettings.model_validate(data)
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """Stable hash of everything that must match for a checkpoint to be resumable."""
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

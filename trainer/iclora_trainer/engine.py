@@ -1,0 +1,180 @@
+"""Optimisation engines behind one protocol: plain torch (single process) and DeepSpeed.
+
+Both own the optimizer (AdamW over the LoRA parameters), the LR schedule (linear
+warmup, then cosine/linear decay to min_lr_ratio), gradient clipping, and the
+saving/loading of optimizer and scheduler state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float
+    steps: int
+    warmup: int
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base LR for optimizer step `step` (0-based)."""
+    if cfg.warmup and step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup)
+    progress = min(1.0, (step - cfg.warmup) / span)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+
+class Engine(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+    module: torch.nn.Module
+
+    def step(self, loss: torch.Tensor) -> float: ...
+    def lr(self) -> float: ...
+    def save(self, directory: Path) -> None: ...
+    def load(self, directory: Path) -> None: ...
+    def mean(self, value: float) -> float: ...
+    def barrier(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class TorchEngine:
+    """Single-process engine (CPU tests, one-GPU boxes without DeepSpeed)."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, module: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> None:
+        self.module = module
+        self.device = device
+        self.cfg = cfg
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(self.params, cfg)
+        self.scheduler = _scheduler(self.optimizer, cfg)
+
+    def step(self, loss: torch.Tensor) -> float:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            directory / "optimizer.pt",
+        )
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def mean(self, value: float) -> float:
+        return value
+
+    def barrier(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class DeepSpeedEngine:
+    """DeepSpeed data parallel (ZeRO 0-2) across the ranks in the environment."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        cfg: OptimConfig,
+        device: torch.device,
+        zero_stage: int,
+        micro_batch: int,
+        bf16: bool,
+    ) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.device = device
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = _optimizer(params, cfg)
+        scheduler = _scheduler(optimizer, cfg)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "train_batch_size": micro_batch * world,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.max_grad_norm,
+            "zero_optimization": {"stage": zero_stage},
+            "bf16": {"enabled": bf16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_config,
+            model_parameters=params,
+        )
+        self.module = self.engine
+        self.rank = int(torch.distributed.get_rank())
+        self.world_size = int(torch.distributed.get_world_size())
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.engine.backward(loss)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save(self, directory: Path) -> None:
+        # Frozen base weights are excluded: only the LoRA, optimizer and schedule are saved.
+        self.engine.save_checkpoint(
+            str(directory), tag="engine", save_latest=False, exclude_frozen_parameters=True
+        )
+
+    def load(self, directory: Path) -> None:
+        self.engine.load_checkpoint(str(directory), tag="engine", load_module_strict=False)
+
+    def mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,294 @@
+"""The training run: precompute, build the LoRA model and engine, resume, train, save, report."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
+from iclora_trainer.config import TrainerSettings, fingerprint
+from iclora_trainer.contract import ARTIFACTS_DIR, CONFIG_NAME, LORA_NAME, Artifacts, Result
+from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
+from iclora_trainer.distributed import DistEnv
+from iclora_trainer.engine import DeepSpeedEngine, Engine, OptimConfig, TorchEngine
+from iclora_trainer.errors import ModelConfigError
+from iclora_trainer.lora_io import TRAINING_TYPE, apply_lora, export_lora, save_lora
+from iclora_trainer.reporting import Reporter
+from iclora_trainer.storage import Store
+from iclora_trainer.strategy import MaskedICLoraStrategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Everything from the spec the trainer uses (the spec's other fields are the operator's)."""
+
+    steps: int
+    rank: int
+    learning_rate: float
+    trigger_phrase: str
+
+    @property
+    def alpha(self) -> float:
+        return float(self.rank)  # alpha = rank: folded scale 1
+
+
+@dataclass
+class TrainOutcome:
+    result: Result
+    losses: list[float] = field(default_factory=list)  # mean masked-token loss per step (all ranks)
+    start_step: int = 0
+    lora_path: Path | None = None
+
+
+def resolve_device(settings: TrainerSettings, dist: DistEnv) -> tuple[torch.device, torch.dtype]:
+    cuda = settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", dist.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and cuda)
+    return device, torch.bfloat16 if bf16 else torch.float32
+
+
+def sample_indices(step: int, n: int, global_batch: int, seed: int) -> list[int]:
+    """Global batch of dataset indices for `step`: epochs of seeded permutations, no repeats within one."""
+    out = []
+    for j in range(global_batch):
+        position = step * global_batch + j
+        epoch, offset = divmod(position, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perm[offset]))
+    return out
+
+
+def sample_noise(
+    step: int, slots: range, shape: tuple[int, ...], num_tokens: int, seed: int, sigma_std: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and sigma per global batch slot, independent of how slots are spread over ranks."""
+    from iclora_trainer.conditioning import shifted_logit_normal_sigmas
+
+    noises, sigmas = [], []
+    for slot in slots:
+        g = torch.Generator().manual_seed((seed * 7_919 + step) * 65_537 + slot)
+        sigmas.append(shifted_logit_normal_sigmas(g, 1, num_tokens, sigma_std))
+        noises.append(torch.randn(shape, generator=g))
+    return torch.stack(noises), torch.cat(sigmas)
+
+
+def build_engine(
+    model: torch.nn.Module,
+    settings: TrainerSettings,
+    plan: TrainingPlan,
+    steps: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    dist: DistEnv,
+) -> Engine:
+    cfg = OptimConfig(
+        lr=plan.learning_rate,
+        steps=steps,
+        warmup=settings.resolved_warmup(steps),
+        schedule=settings.lr_schedule,
+        min_lr_ratio=settings.min_lr_ratio,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+    )
+    use_ds = settings.engine == "deepspeed" or (
+        settings.engine == "auto" and (dist.distributed or device.type == "cuda")
+    )
+    if use_ds:
+        return DeepSpeedEngine(
+            model, cfg, device, settings.zero_stage, settings.batch_size, bf16=dtype == torch.bfloat16
+        )
+    if dist.distributed:
+        raise ModelConfigError("engine 'torch' is single-process; use 'deepspeed' with several ranks")
+    return TorchEngine(model, cfg, device)
+
+
+def load_and_precompute(
+    dataset_dir: Path, settings: TrainerSettings, device: torch.device, dtype: torch.dtype
+) -> tuple[PrecomputedDataset, dict[str, Any]]:
+    from iclora_trainer.model.loading import load_video_encoder
+    from iclora_trainer.model.text import load_text_encoder
+
+    if not settings.model_path:
+        raise ModelConfigError("no model checkpoint: set --model-path or ICLORA_MODEL_PATH")
+    if not settings.text_encoder_path:
+        raise ModelConfigError("no text encoder: set --text-encoder-path or ICLORA_TEXT_ENCODER_PATH")
+    manifest, triplets = read_prepared(dataset_dir)
+    encoder = load_video_encoder(settings.model_path, device, dtype)
+    text_encoder = load_text_encoder(settings.text_encoder_path, settings.model_path, device, dtype)
+    data = precompute(
+        triplets,
+        manifest.frame_rate,
+        encoder,
+        text_encoder,
+        device,
+        dtype,
+        settings.reference_downscale_factor,
+    )
+    # Free the VAE and the text encoder before the transformer is loaded.
+    del encoder, text_encoder
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    geometry = {
+        "width": manifest.width,
+        "height": manifest.height,
+        "numberOfFrames": manifest.number_of_frames,
+        "frameRate": manifest.frame_rate,
+        "triplets": len(triplets),
+        "datasetFingerprint": fingerprint(
+            {"names": [t.name for t in manifest.triplets], "m": manifest.model_dump()}
+        ),
+    }
+    return data, geometry
+
+
+def train(
+    plan: TrainingPlan,
+    settings: TrainerSettings,
+    dataset_dir: Path,
+    store: Store,
+    dist: DistEnv,
+    stop_after: int | None = None,
+) -> TrainOutcome:
+    """Run (or resume) the training; `stop_after` ends early after that many steps (tests of resume)."""
+    from iclora_trainer.model.loading import load_transformer
+
+    device, dtype = resolve_device(settings, dist)
+    work_dir = Path(settings.work_dir)
+    steps = settings.steps or plan.steps
+    torch.manual_seed(settings.seed)
+
+    data, geometry = load_and_precompute(dataset_dir, settings, device, dtype)
+    strategy = MaskedICLoraStrategy(
+        fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor
+    )
+
+    model = load_transformer(settings.model_path or "", device, dtype)
+    if settings.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    apply_lora(model, plan.rank, plan.alpha, seed=settings.seed)
+    # Trainable LoRA weights stay fp32 (bf16 master weights lose small updates).
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    model.train()
+    engine = build_engine(model, settings, plan, steps, device, dtype, dist)
+
+    global_batch = settings.batch_size * dist.world_size
+    fp = fingerprint(
+        {
+            "steps": steps,
+            "rank": plan.rank,
+            "lr": plan.learning_rate,
+            "trigger": plan.trigger_phrase,
+            "seed": settings.seed,
+            "global_batch": global_batch,
+            "model": Path(settings.model_path or "").name,
+            "geometry": geometry,
+            "schedule": settings.lr_schedule,
+            "warmup": settings.resolved_warmup(steps),
+            "downscale": settings.reference_downscale_factor,
+        }
+    )
+    start = load_latest(store, work_dir, fp, engine, model)
+    reporter = Reporter(store, steps, settings.progress_interval, enabled=dist.rank == 0)
+    reporter.start(start)
+    outcome = TrainOutcome(result=Result(status="Failed"), start_step=start)
+    latent_shape = tuple(data.target.shape[1:])
+    num_tokens = int(data.mask[0].numel())
+    loss_value: float | None = None
+
+    for step in range(start, steps):
+        indices = sample_indices(step, len(data), global_batch, settings.seed)
+        slots = range(dist.rank * settings.batch_size, (dist.rank + 1) * settings.batch_size)
+        batch = data.batch([indices[s] for s in slots], device)
+        noise, sigma = sample_noise(step, slots, latent_shape, num_tokens, settings.seed, settings.sigma_std)
+        inputs = strategy.prepare_inputs(batch, noise.to(device), sigma.to(device))
+        prediction = strategy.forward(engine.module, inputs, batch, dtype)
+        loss = strategy.compute_loss(prediction, inputs).mean()
+        engine.step(loss)
+        loss_value = engine.mean(float(loss.detach()))
+        outcome.losses.append(loss_value)
+        done = step + 1
+        reporter.progress(done, loss_value)
+        if done % settings.checkpoint_interval == 0 and done < steps:
+            save_checkpoint(
+                store,
+                work_dir,
+                TrainerState(done, fp, dist.world_size),
+                engine,
+                model,
+                settings.keep_checkpoints,
+                uploader=dist.local_rank == 0,
+            )
+        if stop_after is not None and done >= stop_after and done < steps:
+            return outcome
+
+    artifacts = None
+    if dist.rank == 0:
+        artifacts, outcome.lora_path = _write_artifacts(
+            store, work_dir, model, plan, settings, steps, geometry
+        )
+    engine.barrier()
+    outcome.result = Result(
+        status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}"
+    )
+    reporter.result(outcome.result)
+    engine.close()
+    return outcome
+
+
+def lora_metadata(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, str]:
+    return {
+        "rank": str(plan.rank),
+        "alpha": str(plan.alpha),
+        "trigger_phrase": plan.trigger_phrase,
+        "training_type": TRAINING_TYPE,
+        "base_model": settings.base_model,
+        "reference_downscale_factor": str(settings.reference_downscale_factor),
+        "format": "ltx-core/comfyui diffusion_model.* lora_A/lora_B, alpha folded into lora_B",
+    }
+
+
+def _write_artifacts(
+    store: Store,
+    work_dir: Path,
+    model: torch.nn.Module,
+    plan: TrainingPlan,
+    settings: TrainerSettings,
+    steps: int,
+    geometry: dict[str, Any],
+) -> tuple[Artifacts, Path]:
+    out = work_dir / ARTIFACTS_DIR
+    lora_path = save_lora(
+        out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, settings)
+    )
+    config = {
+        "triggerPhrase": plan.trigger_phrase,
+        "trainingType": TRAINING_TYPE,
+        "rank": plan.rank,
+        "alpha": plan.alpha,
+        "steps": steps,
+        "learningRate": plan.learning_rate,
+        "numberOfFrames": geometry["numberOfFrames"],
+        "frameRate": geometry["frameRate"],
+        "resolution": {"width": geometry["width"], "height": geometry["height"]},
+        "baseModel": settings.base_model,
+        "referenceDownscaleFactor": settings.reference_downscale_factor,
+        "loraKeyFormat": "diffusion_model.transformer_blocks.{i}.<module>.lora_A.weight / lora_B.weight",
+    }
+    config_path = out / CONFIG_NAME
+    config_path.write_text(json.dumps(config, indent=2))
+    lora_uri = store.put_file(lora_path, f"{ARTIFACTS_DIR}/{LORA_NAME}")
+    config_uri = store.put_file(config_path, f"{ARTIFACTS_DIR}/{CONFIG_NAME}")
+    return Artifacts(lora_file=lora_uri, config_file=config_uri), lora_path

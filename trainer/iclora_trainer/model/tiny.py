@@ -1,0 +1,127 @@
+"""Tiny LTX-2.3-shaped checkpoints with random weights, for tests and the CPU demo.
+
+The file has the real layout: ComfyUI key prefixes and the model config JSON in the
+safetensors metadata under `config`, so it loads through exactly the same ltx-core
+builders as the real checkpoint. The VAE keeps the real scale factors
+(time 8, space 32) so masks, latents and positions have the real geometry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_CHECKPOINT_NAME = "ltx-tiny.safetensors"
+TINY_TEXT_ENCODER_NAME = "text-encoder-tiny.safetensors"
+
+
+def tiny_model_config(
+    *,
+    num_layers: int = 2,
+    num_attention_heads: int = 4,
+    attention_head_dim: int = 16,
+    latent_channels: int = 16,
+) -> dict[str, Any]:
+    """A config accepted by LTXVideoOnlyModelConfigurator and VideoEncoderConfigurator."""
+    inner_dim = num_attention_heads * attention_head_dim
+    transformer = {
+        "dropout": 0.0,
+        "attention_bias": True,
+        "num_vector_embeds": None,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": 1000,
+        "use_linear_projection": False,
+        "only_cross_attention": False,
+        "cross_attention_norm": True,
+        "double_self_attention": False,
+        "upcast_attention": False,
+        "standardization_norm": "rms_norm",
+        "norm_elementwise_affine": False,
+        "qk_norm": "rms_norm",
+        "positional_embedding_type": "rope",
+        "use_middle_indices_grid": True,
+        "num_layers": num_layers,
+        "num_attention_heads": num_attention_heads,
+        "attention_head_dim": attention_head_dim,
+        "in_channels": latent_channels,
+        "out_channels": latent_channels,
+        "cross_attention_dim": inner_dim,
+        # LTX-2.3 (22B) layout: the caption projection lives in the text encoder.
+        "caption_proj_before_connector": True,
+        "caption_projection_first_linear": False,
+        "caption_proj_input_norm": False,
+        "caption_projection_second_linear": False,
+    }
+    vae = {
+        "dims": 3,
+        "in_channels": 3,
+        "latent_channels": latent_channels,
+        "patch_size": 4,
+        # Three 2x compressions in (t, h, w) after the 4x patchify: time 8, space 32.
+        "encoder_blocks": [["compress_all", 1], ["compress_all", 1], ["compress_all", 1]],
+        "norm_layer": "pixel_norm",
+        "latent_log_var": "uniform",
+    }
+    return {"transformer": transformer, "vae": vae}
+
+
+@dataclass(frozen=True)
+class TinyCheckpoint:
+    model_path: Path
+    text_encoder_path: Path
+    config: dict[str, Any]
+
+
+def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwargs: int) -> TinyCheckpoint:
+    """Write a tiny transformer + VAE checkpoint and a tiny text encoder into `directory`."""
+    from ltx_core.model.transformer.model_configurator import LTXVideoOnlyModelConfigurator
+    from ltx_core.model.video_vae.model_configurator import VideoEncoderConfigurator
+    from safetensors.torch import save_file
+
+    from iclora_trainer.model.text import create_tiny_text_encoder
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_model_config(**config_kwargs)
+    generator = torch.Generator().manual_seed(seed)
+
+    transformer = LTXVideoOnlyModelConfigurator.from_config(config)
+    encoder = VideoEncoderConfigurator.from_config(config)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in transformer.state_dict().items():
+        tensors[f"model.diffusion_model.{name}"] = _random_like(name, value, generator)
+    for name, value in encoder.state_dict().items():
+        if name.startswith("per_channel_statistics."):
+            key = f"vae.{name}"
+            fill = torch.ones_like(value) if "std" in name else torch.zeros_like(value)
+            tensors[key] = fill
+        else:
+            tensors[f"vae.encoder.{name}"] = _random_like(name, value, generator)
+    model_path = directory / TINY_CHECKPOINT_NAME
+    # bf16 like the released checkpoints (ltx-core fuses LoRAs only into bf16/fp8 weights).
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
+        str(model_path),
+        metadata={"config": json.dumps(config)},
+    )
+    text_path = create_tiny_text_encoder(
+        directory / TINY_TEXT_ENCODER_NAME, dim=config["transformer"]["cross_attention_dim"], seed=seed
+    )
+    return TinyCheckpoint(model_path=model_path, text_encoder_path=text_path, config=config)
+
+
+def _random_like(name: str, value: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # torch.empty in the constructors leaves garbage; give every tensor a sane
+    # init so the tiny model's activations stay finite.
+    if "scale_shift_table" in name:
+        return torch.randn(value.shape, generator=generator) * 0.02
+    if value.ndim >= 2:
+        fan_in = value[0].numel()
+        return torch.randn(value.shape, generator=generator) / fan_in**0.5
+    if name.endswith("weight"):
+        return torch.ones(value.shape)
+    return torch.zeros(value.shape)
