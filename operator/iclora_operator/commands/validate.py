@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -27,29 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-class DocumentError(Exception):
-    """The file could not be read or parsed (exit 1)."""
-
-
-def load_document(text: str) -> Any:
-    """Parse one JSON or YAML 1.2 document.
-
-    YAML 1.2 (as Kubernetes reads it), not PyYAML's 1.1: `1:1` stays a string
-    and `2e-4` is a number.
-    """
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    yaml = YAML(typ="safe", pure=True)
-    try:
-        docs = [d for d in yaml.load_all(text) if d is not None]
-    except YAMLError as exc:
-        raise DocumentError(f"cannot parse: {exc}") from exc
-    if len(docs) != 1:
-        raise DocumentError(f"expected exactly one document, found {len(docs)}")
-    return docs[0]
-
-
 def validate_document(doc: Any) -> tuple[dict[str, Any], bool]:
     from iclora_operator.api.validation import SpecInvalid, spec_from_document, validate_spec
 
@@ -61,10 +37,11 @@ def validate_document(doc: Any) -> tuple[dict[str, Any], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from iclora_operator.api.documents import DocumentError, read_document
+
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-        doc = load_document(text)
-    except (OSError, UnicodeDecodeError, DocumentError) as exc:
+        doc = read_document(args.file)
+    except DocumentError as exc:
         sys.stderr.write(f"iclora validate: {args.file}: {exc}\n")
         return 1
     result, valid = validate_document(doc)
