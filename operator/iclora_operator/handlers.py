@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import BaseModel
 
-from iclora_operator.adapters.kube import ChildConflict, Kube, job_state
+from iclora_operator.adapters.kube import ChildConflict, Kube, job_state, job_summary
 from iclora_operator.adapters.objectstore import Credentials, ObjectStore, ObjectStoreUnavailable
 from iclora_operator.api.conditions import Phase
 from iclora_operator.api.profile import PROFILE_PLURAL, TrainingProfileSpec, profile_spec_from_object
@@ -65,6 +66,7 @@ class Memo:
     stores: dict[Credentials, ObjectStore] = field(default_factory=dict)
     namespace_locks: dict[str, threading.Lock] = field(default_factory=dict)
     reports: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
+    misses: dict[tuple[str, str], float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, creds: Credentials) -> ObjectStore:
@@ -74,14 +76,23 @@ class Memo:
             return self.stores[creds]
 
     def cached(self, uid: str, key: str, read: Callable[[], dict[str, Any] | None],
-               model: type[ModelT]) -> ModelT | None:
-        """A stage report of one run, read from the store until it exists, then kept."""
+               model: type[ModelT], poll_every: float = 0.0) -> ModelT | None:
+        """A stage report of one run, read from the store until it exists, then kept.
+
+        While it is missing, it is looked for at most every `poll_every` seconds.
+        """
+        now = time.monotonic()
         with self.lock:
             hit = self.reports.get((uid, key))
+            missed_at = self.misses.get((uid, key))
         if hit is not None:
             return hit  # type: ignore[return-value]
+        if missed_at is not None and now - missed_at < poll_every:
+            return None
         raw = read()
         if raw is None:
+            with self.lock:
+                self.misses[(uid, key)] = now
             return None
         value = model.model_validate(raw)
         with self.lock:
@@ -90,8 +101,9 @@ class Memo:
 
     def forget(self, uid: str) -> None:
         with self.lock:
-            for key in [k for k in self.reports if k[0] == uid]:
-                del self.reports[key]
+            for table in (self.reports, self.misses):
+                for key in [k for k in table if k[0] == uid]:
+                    del table[key]
 
     def namespace_lock(self, namespace: str) -> threading.Lock:
         with self.lock:
@@ -208,9 +220,14 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
     training_job = _job(memo, jobs, ns, ctx.names.training, uid)
     result = progress = None
     verified = None
-    # Reports are written once at the end of a stage: cache them, they never change.
-    report = memo.cached(uid, PREFLIGHT_KEY, lambda: store.read_json(loc.uri(PREFLIGHT_KEY)),
-                         PreflightResult)
+    # Reports are written once at the end of a stage: cache them, they never change. A
+    # resource seen for the first time (no status yet) cannot have one: skip the read.
+    report = None
+    if status or preflight_job is not None:
+        # A running preflight writes its report just before it ends: look less often meanwhile.
+        running = preflight_job is not None and not (preflight_job.complete or preflight_job.failed)
+        report = memo.cached(uid, PREFLIGHT_KEY, lambda: store.read_json(loc.uri(PREFLIGHT_KEY)),
+                             PreflightResult, memo.settings.report_poll_seconds if running else 0.0)
     if training_job is not None:
         raw = store.read_json(loc.uri(PROGRESS_KEY))
         progress = Progress.model_validate(raw) if raw else None
@@ -301,8 +318,7 @@ def _not_terminal(status: kopf.Status, **_: Any) -> bool:
 
 
 def _index_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict]:
-    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec),
-                                "status": dict(body.status)}}
+    return {(namespace, name): job_summary(body)}
 
 
 def _index_profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict]:
@@ -336,7 +352,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.resume(*crd, id="reconcile-resume", registry=registry)(_on_change)
     kopf.on.create(*crd, id="reconcile-create", registry=registry)(_on_change)
     kopf.on.update(*crd, field="spec", id="reconcile-update", registry=registry)(_on_change)
-    kopf.timer(*crd, interval=settings.reconcile_interval_seconds, when=_not_terminal, id="reconcile-timer",
-               registry=registry)(_on_change)
+    # The first tick waits one interval: creation is already handled by the create handler.
+    kopf.timer(*crd, interval=settings.reconcile_interval_seconds, initial_delay=settings.reconcile_interval_seconds,
+               when=_not_terminal, id="reconcile-timer", registry=registry)(_on_change)
     kopf.on.delete(*crd, optional=True, id="forget", registry=registry)(_on_delete)
     return registry

@@ -43,6 +43,9 @@ class OperatorSettings(BaseSettings):
         default=False, description="Leave queue-labelled training Jobs to Kueue (created suspended)."
     )
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    report_poll_seconds: float = Field(
+        default=30.0, ge=0, description="How often a running preflight's report is looked for in the store."
+    )
     stale_progress_seconds: int = Field(default=600, ge=10)
     allow_private_dataset_hosts: bool = Field(
         default=False,

@@ -65,7 +65,8 @@ def operator_factory(local_cluster: Any, s3_store: Any,
         store = StoreSettings(endpoint=s3_store.endpoint, bucket=s3_store.bucket, prefix="runs",
                               access_key=s3_store.access_key, secret_key=s3_store.secret_key)
         settings = OperatorSettings(reconcile_interval_seconds=1.0, store=store, namespaces=namespaces,
-                                    allow_private_dataset_hosts=True, **overrides)
+                                    allow_private_dataset_hosts=True, report_poll_seconds=1.0,
+                                    **overrides)
         state: dict[str, Any] = {}
 
         def start() -> None:

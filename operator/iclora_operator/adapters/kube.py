@@ -91,6 +91,28 @@ class Kube:
         return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
+def job_summary(job: Any) -> dict[str, Any]:
+    """The few fields of a Job that decisions read; what the in-memory index keeps (not the template)."""
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {k: v for k, v in annotations.items() if k == SUSPENDED_BY_USER},
+        },
+        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
+        "status": {
+            "active": status.get("active") or 0,
+            "conditions": [
+                {k: c.get(k) for k in ("type", "status", "reason", "message")}
+                for c in status.get("conditions") or []
+            ],
+        },
+    }
+
+
 def job_state(job: dict[str, Any], uid: str) -> JobState:
     """The decision-relevant summary of a batch/v1 Job object (as a dict)."""
     meta = job.get("metadata") or {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -35,12 +36,19 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def client_for(creds: Credentials) -> Minio:
     parts = urlsplit(creds.endpoint)
+    # Fail fast: a handler thread must not sit in long retry loops; kopf retries the reconcile.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=3.0, read=15.0),
+        maxsize=32,
+        retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+    )
     return Minio(
         parts.netloc,
         access_key=creds.access_key,
         secret_key=creds.secret_key,
         secure=parts.scheme == "https",
         region=creds.region,
+        http_client=http,
     )
 
 

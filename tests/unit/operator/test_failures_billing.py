@@ -45,3 +45,21 @@ def test_report_reason_wins_and_message_is_kept():
                                                     (20000, True, 20000), (3000, False, 0)])
 def test_billing(steps, ok, units):
     assert billing_units(steps, ok) == units
+
+
+def test_job_summary_keeps_what_decisions_need():
+    from iclora_operator.adapters.kube import SUSPENDED_BY_USER, job_state, job_summary
+
+    job = {
+        "metadata": {"name": "t-train", "labels": {"iclora.dev/training-uid": "u"},
+                     "annotations": {SUSPENDED_BY_USER: "true", "other": "x"}},
+        "spec": {"suspend": True, "template": {"spec": {"containers": [{"name": "big"}]}}},
+        "status": {"active": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                                "message": "m", "lastProbeTime": "t"}]},
+    }
+    summary = job_summary(job)
+    assert "template" not in summary["spec"]
+    assert job_state(summary, "u") == job_state(job, "u")
+    state = job_state(summary, "u")
+    assert (state.owned, state.suspended, state.suspended_by_user, state.failed, state.failure_reason) == (
+        True, True, True, True, "DeadlineExceeded")
