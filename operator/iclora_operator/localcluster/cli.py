@@ -159,7 +159,7 @@ def _exports(cluster: object) -> str:
 
     assert isinstance(cluster, LocalCluster)
     env = cluster.env()
-    dirs = sorted({str(p.parent) for p in cluster.binaries.values()})
+    dirs = [str(d) for d in cluster.tool_dirs()]
     lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     if dirs:
         lines.append(f'export PATH={shlex.quote(":".join(dirs))}:"$PATH"')

@@ -110,6 +110,16 @@ class LocalCluster:
     def kubectl(self) -> Path:
         return self.binaries["kubectl"]
 
+    @property
+    def helm(self) -> Path:
+        return binaries.require_binaries(["helm"])["helm"]
+
+    def tool_dirs(self) -> list[Path]:
+        """Folders of kubectl, helm and the other binaries (for PATH)."""
+        found = [p.parent for p in self.binaries.values()]
+        found += [p.parent for p in map(binaries.find_binary, ("helm", "kueue")) if p is not None]
+        return sorted(set(found))
+
     def env(self) -> dict[str, str]:
         """Variables that point tools (kubectl, the operator, tests) at this cluster."""
         out = {"KUBECONFIG": str(self.kubeconfig)}
