@@ -65,5 +65,5 @@ def test_missing_binaries_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv(binaries.CACHE_ENV, str(tmp_path / "empty-cache"))
     monkeypatch.delenv(binaries.BIN_DIR_ENV, raising=False)
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
-    with pytest.raises(binaries.BinariesMissing, match="kube-scheduler.*iclora local-cluster build"):
+    with pytest.raises(binaries.BinariesMissing, match=r"kube-scheduler.*iclora local-cluster build"):
         binaries.require_binaries(["kube-scheduler"])
