@@ -209,7 +209,7 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        self._save_state()
+        self.save_state()
         self._wait("kube-apiserver /readyz", lambda: self._api_get("/readyz") == "ok")
 
         kubeconfig = str(self.kubeconfig)
@@ -274,10 +274,10 @@ class LocalCluster:
             if cfg.local_runner_tainted:
                 argv.append("--taint")
             self._spawn("podrunner", argv)
-        self._save_state()
+        self.save_state()
 
         self._create_kwok_nodes()
-        self._save_state()
+        self.save_state()
         self._wait("controller-manager /healthz", lambda: _https_ok(cm_port))
         self._wait("scheduler /healthz", lambda: _https_ok(sched_port))
         self._wait("default ServiceAccount", self._default_sa_exists)
@@ -295,7 +295,7 @@ class LocalCluster:
         argv = kueue.prepare(self, health, metrics, webhook)
         self._core().create_namespace({"metadata": {"name": kueue.NAMESPACE}})
         self._spawn("kueue", argv)
-        self._save_state()
+        self.save_state()
         self._wait("kueue /readyz", lambda: _http_ok(f"http://127.0.0.1:{health}/readyz"))
         kueue.create_queues(self.api_client(), self.config.kueue_gpu_quota)
 
@@ -346,7 +346,7 @@ class LocalCluster:
         )
         self.processes.append(record)
 
-    def _save_state(self) -> None:
+    def save_state(self) -> None:
         state = {
             "owner_pid": self.owner_pid,
             "started_at": self.started_at,

@@ -586,6 +586,12 @@ class PodRunner:
         log.info("starting pod %s/%s", pod.metadata.namespace, pod.metadata.name)
         execution.start()
 
+    def _forget(self, pod: Any) -> None:
+        """The pod object is gone: make sure its processes are too, then drop it."""
+        execution = self.pods.pop(pod.metadata.uid, None)
+        if execution is not None and execution.thread.is_alive() and not execution.deleted.is_set():
+            threading.Thread(target=execution.kill, args=(2.0,), daemon=True).start()
+
     def _delete(self, pod: Any, execution: PodExecution | None) -> None:
         if execution is not None and not execution.deleted.is_set():
             grace = pod.spec.termination_grace_period_seconds
@@ -629,6 +635,8 @@ class PodRunner:
                         rv = pod.metadata.resource_version
                         if event["type"] in ("ADDED", "MODIFIED"):
                             self.handle(pod)
+                        elif event["type"] == "DELETED":
+                            self._forget(pod)
             except ApiException as exc:
                 if exc.status != 410:
                     log.warning("pod watch failed: %s", exc)
