@@ -251,7 +251,10 @@ class PodExecution:
             raise KeyError(f"{kind} {ref.name} has no key {ref.key!r}")
         return value
 
-    def _container_env(self, c: Any, paths: PathMap, extra: dict[str, str]) -> dict[str, str]:
+    def _container_env(
+        self, c: Any, paths: PathMap, extra: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The process environment, and the variables the container itself defines."""
         env = {k: v for k, v in os.environ.items() if k not in _ENV_STRIP}
         env.update(PYTHONUNBUFFERED="1", HOSTNAME=self.name, **extra)
         own: dict[str, str] = {}
@@ -288,8 +291,9 @@ class PodExecution:
                 raise ValueError(f"unsupported valueFrom for env {var.name}")
             if value is not None:
                 own[var.name] = value
-        env.update({k: paths.rewrite(v) for k, v in own.items()})
-        return env
+        own = {k: paths.rewrite(v) for k, v in own.items()}
+        env.update(own)
+        return env, own
 
     # -- running -------------------------------------------------------------------------
     def _run_container(self, c: Any, volumes: dict[str, Path]) -> ContainerResult:
@@ -308,8 +312,9 @@ class PodExecution:
             extra[_env_name(mount.name)] = str(host)
             if not self._link_mount(Path(mount.mount_path), host):
                 paths.add(mount.mount_path, str(host))
-        env = self._container_env(c, paths, extra)
-        argv = [paths.rewrite(expand(a, env)) for a in [*(c.command or []), *(c.args or [])]]
+        env, own = self._container_env(c, paths, extra)
+        # Like kubelet, $(VAR) in command/args sees only the variables the container defines.
+        argv = [paths.rewrite(expand(a, own)) for a in [*(c.command or []), *(c.args or [])]]
         if not argv:
             raise ValueError(f"container {c.name}: the local runner needs a command (images are ignored)")
         cwd = self.dir / "work"
