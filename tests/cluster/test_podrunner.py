@@ -135,8 +135,13 @@ def test_indexed_job_runs_on_local_runner(k8s_api, k8s_namespace, local_cluster)
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
     script = (
         "import os\n"
+        "assert os.environ['MASTER_ADDR'] == '127.0.0.1', os.environ['MASTER_ADDR']\n"
         "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(os.environ['JOB_COMPLETION_INDEX'])\n"
     )
+    template = _local_pod("ignored", script)["spec"]
+    # No cluster DNS: the rendezvous address behind the headless Service resolves to loopback.
+    template["subdomain"] = "indexed-svc"
+    template["containers"][0]["env"] = [{"name": "MASTER_ADDR", "value": "indexed-0.indexed-svc"}]
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -146,7 +151,7 @@ def test_indexed_job_runs_on_local_runner(k8s_api, k8s_namespace, local_cluster)
             "completions": 2,
             "parallelism": 2,
             "backoffLimit": 0,
-            "template": {"spec": _local_pod("ignored", script)["spec"]},
+            "template": {"spec": template},
         },
     }
     batch.create_namespaced_job(k8s_namespace, job)

@@ -19,6 +19,8 @@ Paths inside the pod (volume mountPaths, terminationMessagePath) are mapped like
 a mountPath under the system temp folder that does not exist yet becomes a real symlink to
 the volume folder; any other one is rewritten in ``command``, ``args``, ``env`` values and
 ``workingDir`` wherever it appears as a path prefix (``/scratch/x`` or ``--out=/scratch/x``).
+There is no cluster DNS: an env value naming a peer behind the pod's headless Service
+(``<host>.<subdomain>``, as in ``MASTER_ADDR`` of an Indexed Job) becomes ``127.0.0.1``.
 Every container also gets ``ICLORA_POD_DIR``, ``ICLORA_MOUNT_<VOLUME>`` (host folder of each
 mount) and ``ICLORA_TERMINATION_LOG`` (host file of its termination message).
 ``restartPolicy`` is treated as ``Never``: a failed container fails the pod.
@@ -233,6 +235,18 @@ class PodExecution:
             raise ValueError(f"unsupported fieldRef {path!r}")
         return simple[path] or ""
 
+    def _resolve_peer(self, value: str) -> str:
+        """``<host>.<subdomain>[.<ns>.svc...]`` (a peer behind the pod's headless Service) -> 127.0.0.1.
+
+        There is no cluster DNS here; every pod of this node shares the host's loopback.
+        """
+        sub = self.pod.spec.subdomain
+        if sub and re.fullmatch(
+            rf"[a-z0-9-]+\.{re.escape(sub)}(\.{re.escape(self.namespace)}(\.svc(\..*)?)?)?", value
+        ):
+            return "127.0.0.1"
+        return value
+
     def _key_ref(self, kind: str, ref: Any) -> str | None:
         core = self.runner.core
         try:
@@ -291,7 +305,7 @@ class PodExecution:
                 raise ValueError(f"unsupported valueFrom for env {var.name}")
             if value is not None:
                 own[var.name] = value
-        own = {k: paths.rewrite(v) for k, v in own.items()}
+        own = {k: self._resolve_peer(paths.rewrite(v)) for k, v in own.items()}
         env.update(own)
         return env, own
 
