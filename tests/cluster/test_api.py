@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 from kubernetes import client
 
@@ -154,3 +157,41 @@ def test_validating_admission_policy_is_enforced(k8s_api, k8s_namespace):
     finally:
         adm.delete_validating_admission_policy_binding(name)
         adm.delete_validating_admission_policy(name)
+
+
+def test_helm_installs_a_chart(local_cluster, k8s_api, k8s_namespace, tmp_path):
+    chart = tmp_path / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  v: {{ .Values.v | quote }}\n"
+    )
+    subprocess.run(
+        [
+            str(local_cluster.helm),
+            "install",
+            "rel",
+            str(chart),
+            "--namespace",
+            k8s_namespace,
+            "--set",
+            "v=42",
+            "--kubeconfig",
+            str(local_cluster.kubeconfig),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "HELM_CACHE_HOME": str(tmp_path / "c"),
+            "HELM_CONFIG_HOME": str(tmp_path / "cfg"),
+            "HELM_DATA_HOME": str(tmp_path / "d"),
+        },
+    )
+    cm = client.CoreV1Api(k8s_api).read_namespaced_config_map("rel-cm", k8s_namespace)
+    assert cm.data == {"v": "42"}

@@ -135,8 +135,13 @@ def test_indexed_job_runs_on_local_runner(k8s_api, k8s_namespace, local_cluster)
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
     script = (
         "import os\n"
+        "assert os.environ['MASTER_ADDR'] == '127.0.0.1', os.environ['MASTER_ADDR']\n"
         "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(os.environ['JOB_COMPLETION_INDEX'])\n"
     )
+    template = _local_pod("ignored", script)["spec"]
+    # No cluster DNS: the rendezvous address behind the headless Service resolves to loopback.
+    template["subdomain"] = "indexed-svc"
+    template["containers"][0]["env"] = [{"name": "MASTER_ADDR", "value": "indexed-0.indexed-svc"}]
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -146,7 +151,7 @@ def test_indexed_job_runs_on_local_runner(k8s_api, k8s_namespace, local_cluster)
             "completions": 2,
             "parallelism": 2,
             "backoffLimit": 0,
-            "template": {"spec": _local_pod("ignored", script)["spec"]},
+            "template": {"spec": template},
         },
     }
     batch.create_namespaced_job(k8s_namespace, job)
@@ -160,3 +165,45 @@ def test_indexed_job_runs_on_local_runner(k8s_api, k8s_namespace, local_cluster)
     assert {p.spec.node_name for p in pods} == {local_cluster.local_node_name}
     messages = sorted(p.status.container_statuses[0].state.terminated.message for p in pods)
     assert messages == ["0", "1"]
+
+
+def test_pod_shaped_like_the_operators_jobs(k8s_api, k8s_namespace):
+    """In-pod paths given as env values, workingDir and $(VAR) args all land in the pod's folder."""
+    core = client.CoreV1Api(k8s_api)
+    script = (
+        "import os, pathlib, sys\n"
+        "assert os.getcwd() == os.environ['TMPDIR'] == os.environ['ICLORA_MOUNT_SCRATCH'], os.getcwd()\n"
+        "assert sys.argv[1] == '--out=' + os.environ['TMPDIR'] + '/result.json', sys.argv\n"
+        "assert sys.argv[2] == '--index=0', sys.argv\n"
+        "assert 'KUBECONFIG' not in os.environ\n"
+        "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write('{\"ok\": true}')\n"
+    )
+    pod = _local_pod(
+        "shaped",
+        script,
+        "--out=/scratch/result.json",
+        "--index=$(JOB_COMPLETION_INDEX)",
+        env=[
+            {"name": "ICLORA_TERMINATION_LOG", "value": "/dev/termination-log"},
+            {"name": "TMPDIR", "value": "/scratch"},
+            {"name": "JOB_COMPLETION_INDEX", "value": "0"},
+        ],
+        volumeMounts=[
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        workingDir="/scratch",
+        terminationMessagePath="/dev/termination-log",
+        terminationMessagePolicy="FallbackToLogsOnError",
+        securityContext={"runAsNonRoot": True, "readOnlyRootFilesystem": True},
+    )
+    pod["spec"]["volumes"] = [
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    pod["spec"]["automountServiceAccountToken"] = False
+    core.create_namespaced_pod(k8s_namespace, pod)
+    done = wait_for(lambda: _terminal(core, "shaped", k8s_namespace), what="pod finished")
+    terminated = done.status.container_statuses[0].state.terminated
+    assert done.status.phase == "Succeeded", terminated.message
+    assert terminated.message == '{"ok": true}'

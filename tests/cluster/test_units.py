@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from iclora_operator.localcluster import binaries
@@ -47,3 +48,22 @@ def test_stage_file_is_valid_yaml_with_unique_stages():
     assert len(names) == len(set(names))
     assert {"node-initialize", "pod-ready", "pod-complete", "pod-exit", "pod-delete"} <= set(names)
     assert all(d["kind"] == "Stage" for d in docs)
+
+
+def test_prebuilt_binaries_dir_wins(tmp_path, monkeypatch):
+    prebuilt = tmp_path / "bin"
+    prebuilt.mkdir()
+    apiserver = prebuilt / "kube-apiserver"
+    apiserver.write_text("#!/bin/sh\n")
+    apiserver.chmod(0o755)
+    monkeypatch.setenv(binaries.BIN_DIR_ENV, str(prebuilt))
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path / "absent"))
+    assert binaries.find_binary("kube-apiserver") == apiserver
+
+
+def test_missing_binaries_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv(binaries.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.delenv(binaries.BIN_DIR_ENV, raising=False)
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    with pytest.raises(binaries.BinariesMissing, match=r"kube-scheduler.*iclora local-cluster build"):
+        binaries.require_binaries(["kube-scheduler"])

@@ -12,6 +12,7 @@ Lookup order for each binary: ``ICLORA_K8S_BIN_DIR`` (a folder of prebuilt binar
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import re
@@ -133,14 +134,18 @@ def build(names: Iterable[str] = DEFAULT_COMPONENTS, force: bool = False) -> dic
     timings: dict[str, float] = {}
     for name in names:
         comp = COMPONENTS[name]
-        if not force and all((comp.bin_dir / b).is_file() for b in comp.binaries):
-            timings[name] = 0.0
-            continue
-        start = time.monotonic()
-        log.info("building %s %s into %s", comp.name, comp.version, comp.bin_dir)
-        _BUILDERS[name](comp)
-        timings[name] = time.monotonic() - start
-        log.info("built %s in %.1f s", comp.name, timings[name])
+        comp.bin_dir.parent.mkdir(parents=True, exist_ok=True)
+        # One builder per component at a time (parallel test sessions, two shells running `up`).
+        with open(comp.bin_dir.parent / f".{comp.name}-{comp.version}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not force and all((comp.bin_dir / b).is_file() for b in comp.binaries):
+                timings[name] = 0.0
+                continue
+            start = time.monotonic()
+            log.info("building %s %s into %s", comp.name, comp.version, comp.bin_dir)
+            _BUILDERS[name](comp)
+            timings[name] = time.monotonic() - start
+            log.info("built %s in %.1f s", comp.name, timings[name])
     return timings
 
 

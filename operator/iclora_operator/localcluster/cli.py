@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--kueue", action="store_true", help="also run Kueue (build it first: --components kueue)"
     )
+    up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
     up.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C stops it")
     up.set_defaults(func=_up)
 
@@ -96,9 +97,13 @@ def _resolve_state_dir(args: argparse.Namespace) -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from iclora_operator.localcluster import binaries
     from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
 
     _logging()
+    if not args.no_build:
+        # One command for a newcomer: the first `up` on a machine builds what is missing (minutes).
+        binaries.build(["k8s", "etcd", "kwok", *(["kueue"] if args.kueue else [])])
     config = ClusterConfig(
         gpu_nodes=args.gpu_nodes,
         gpus_per_node=args.gpus_per_node,
@@ -159,7 +164,7 @@ def _exports(cluster: object) -> str:
 
     assert isinstance(cluster, LocalCluster)
     env = cluster.env()
-    dirs = sorted({str(p.parent) for p in cluster.binaries.values()})
+    dirs = [str(d) for d in cluster.tool_dirs()]
     lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     if dirs:
         lines.append(f'export PATH={shlex.quote(":".join(dirs))}:"$PATH"')

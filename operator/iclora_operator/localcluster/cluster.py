@@ -110,6 +110,16 @@ class LocalCluster:
     def kubectl(self) -> Path:
         return self.binaries["kubectl"]
 
+    @property
+    def helm(self) -> Path:
+        return binaries.require_binaries(["helm"])["helm"]
+
+    def tool_dirs(self) -> list[Path]:
+        """Folders of kubectl, helm and the other binaries (for PATH)."""
+        found = [p.parent for p in self.binaries.values()]
+        found += [p.parent for p in map(binaries.find_binary, ("helm", "kueue")) if p is not None]
+        return sorted(set(found))
+
     def env(self) -> dict[str, str]:
         """Variables that point tools (kubectl, the operator, tests) at this cluster."""
         out = {"KUBECONFIG": str(self.kubeconfig)}
@@ -199,7 +209,7 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        self._save_state()
+        self.save_state()
         self._wait("kube-apiserver /readyz", lambda: self._api_get("/readyz") == "ok")
 
         kubeconfig = str(self.kubeconfig)
@@ -264,10 +274,10 @@ class LocalCluster:
             if cfg.local_runner_tainted:
                 argv.append("--taint")
             self._spawn("podrunner", argv)
-        self._save_state()
+        self.save_state()
 
         self._create_kwok_nodes()
-        self._save_state()
+        self.save_state()
         self._wait("controller-manager /healthz", lambda: _https_ok(cm_port))
         self._wait("scheduler /healthz", lambda: _https_ok(sched_port))
         self._wait("default ServiceAccount", self._default_sa_exists)
@@ -285,7 +295,7 @@ class LocalCluster:
         argv = kueue.prepare(self, health, metrics, webhook)
         self._core().create_namespace({"metadata": {"name": kueue.NAMESPACE}})
         self._spawn("kueue", argv)
-        self._save_state()
+        self.save_state()
         self._wait("kueue /readyz", lambda: _http_ok(f"http://127.0.0.1:{health}/readyz"))
         kueue.create_queues(self.api_client(), self.config.kueue_gpu_quota)
 
@@ -336,7 +346,7 @@ class LocalCluster:
         )
         self.processes.append(record)
 
-    def _save_state(self) -> None:
+    def save_state(self) -> None:
         state = {
             "owner_pid": self.owner_pid,
             "started_at": self.started_at,

@@ -19,6 +19,8 @@ Paths inside the pod (volume mountPaths, terminationMessagePath) are mapped like
 a mountPath under the system temp folder that does not exist yet becomes a real symlink to
 the volume folder; any other one is rewritten in ``command``, ``args``, ``env`` values and
 ``workingDir`` wherever it appears as a path prefix (``/scratch/x`` or ``--out=/scratch/x``).
+There is no cluster DNS: an env value naming a peer behind the pod's headless Service
+(``<host>.<subdomain>``, as in ``MASTER_ADDR`` of an Indexed Job) becomes ``127.0.0.1``.
 Every container also gets ``ICLORA_POD_DIR``, ``ICLORA_MOUNT_<VOLUME>`` (host folder of each
 mount) and ``ICLORA_TERMINATION_LOG`` (host file of its termination message).
 ``restartPolicy`` is treated as ``Never``: a failed container fails the pod.
@@ -233,6 +235,18 @@ class PodExecution:
             raise ValueError(f"unsupported fieldRef {path!r}")
         return simple[path] or ""
 
+    def _resolve_peer(self, value: str) -> str:
+        """``<host>.<subdomain>[.<ns>.svc...]`` (a peer behind the pod's headless Service) -> 127.0.0.1.
+
+        There is no cluster DNS here; every pod of this node shares the host's loopback.
+        """
+        sub = self.pod.spec.subdomain
+        if sub and re.fullmatch(
+            rf"[a-z0-9-]+\.{re.escape(sub)}(\.{re.escape(self.namespace)}(\.svc(\..*)?)?)?", value
+        ):
+            return "127.0.0.1"
+        return value
+
     def _key_ref(self, kind: str, ref: Any) -> str | None:
         core = self.runner.core
         try:
@@ -251,7 +265,10 @@ class PodExecution:
             raise KeyError(f"{kind} {ref.name} has no key {ref.key!r}")
         return value
 
-    def _container_env(self, c: Any, paths: PathMap, extra: dict[str, str]) -> dict[str, str]:
+    def _container_env(
+        self, c: Any, paths: PathMap, extra: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The process environment, and the variables the container itself defines."""
         env = {k: v for k, v in os.environ.items() if k not in _ENV_STRIP}
         env.update(PYTHONUNBUFFERED="1", HOSTNAME=self.name, **extra)
         own: dict[str, str] = {}
@@ -288,8 +305,9 @@ class PodExecution:
                 raise ValueError(f"unsupported valueFrom for env {var.name}")
             if value is not None:
                 own[var.name] = value
-        env.update({k: paths.rewrite(v) for k, v in own.items()})
-        return env
+        own = {k: self._resolve_peer(paths.rewrite(v)) for k, v in own.items()}
+        env.update(own)
+        return env, own
 
     # -- running -------------------------------------------------------------------------
     def _run_container(self, c: Any, volumes: dict[str, Path]) -> ContainerResult:
@@ -308,8 +326,9 @@ class PodExecution:
             extra[_env_name(mount.name)] = str(host)
             if not self._link_mount(Path(mount.mount_path), host):
                 paths.add(mount.mount_path, str(host))
-        env = self._container_env(c, paths, extra)
-        argv = [paths.rewrite(expand(a, env)) for a in [*(c.command or []), *(c.args or [])]]
+        env, own = self._container_env(c, paths, extra)
+        # Like kubelet, $(VAR) in command/args sees only the variables the container defines.
+        argv = [paths.rewrite(expand(a, own)) for a in [*(c.command or []), *(c.args or [])]]
         if not argv:
             raise ValueError(f"container {c.name}: the local runner needs a command (images are ignored)")
         cwd = self.dir / "work"
@@ -586,6 +605,12 @@ class PodRunner:
         log.info("starting pod %s/%s", pod.metadata.namespace, pod.metadata.name)
         execution.start()
 
+    def _forget(self, pod: Any) -> None:
+        """The pod object is gone: make sure its processes are too, then drop it."""
+        execution = self.pods.pop(pod.metadata.uid, None)
+        if execution is not None and execution.thread.is_alive() and not execution.deleted.is_set():
+            threading.Thread(target=execution.kill, args=(2.0,), daemon=True).start()
+
     def _delete(self, pod: Any, execution: PodExecution | None) -> None:
         if execution is not None and not execution.deleted.is_set():
             grace = pod.spec.termination_grace_period_seconds
@@ -629,6 +654,8 @@ class PodRunner:
                         rv = pod.metadata.resource_version
                         if event["type"] in ("ADDED", "MODIFIED"):
                             self.handle(pod)
+                        elif event["type"] == "DELETED":
+                            self._forget(pod)
             except ApiException as exc:
                 if exc.status != 410:
                     log.warning("pod watch failed: %s", exc)

@@ -91,6 +91,7 @@ def local_cluster(local_cluster_config: ClusterConfig, s3_store: S3Store) -> Ite
     cluster = LocalCluster(_session_dir("cluster"), config)
     cluster.start()
     cluster.s3 = s3_store
+    cluster.save_state()  # so `iclora local-cluster env --state-dir ...` shows the S3 credentials too
     try:
         yield cluster
     finally:
