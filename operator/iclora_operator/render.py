@@ -13,6 +13,7 @@ from typing import Any
 
 from iclora_operator.api.profile import TrainingProfileSpec
 from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
+from iclora_trainer.config import TrainerSettings
 from iclora_trainer.contract import PREPARED_DIR, TERMINATION_LOG, USER_ERROR_EXIT_CODES
 
 LABEL_TRAINING = f"{API_GROUP}/training"
@@ -296,19 +297,17 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
 
 
 def trainer_settings(ctx: RunContext) -> dict[str, Any]:
-    """The trainer's run settings, derived from the profile."""
+    """The trainer's run settings (iclora_trainer.config.TrainerSettings), derived from the profile."""
     p = ctx.profile
-    return {
-        "modelPath": p.model_path,
-        "textEncoderPath": p.text_encoder_path,
-        "checkpointInterval": p.checkpoint_interval,
-        "validationInterval": p.validation_interval,
-        "validationSamplingSteps": p.validation_sampling_steps,
-        "zeroStage": p.zero_stage,
-        "device": p.device,
-        "nodes": p.nodes,
-        "gpusPerNode": p.gpus_per_node,
-    }
+    settings = TrainerSettings(
+        model_path=p.model_path,
+        text_encoder_path=p.text_encoder_path,
+        checkpoint_interval=p.checkpoint_interval,
+        zero_stage=p.zero_stage,
+        device=p.device,
+        work_dir=f"{SCRATCH}/work",
+    )
+    return settings.model_dump(mode="json", exclude_defaults=True)
 
 
 def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
@@ -320,34 +319,22 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
     procs = max(1, p.gpus_per_node)
     env = _common_env(ctx) + [
         {"name": SETTINGS_ENV, "value": json.dumps(trainer_settings(ctx), sort_keys=True)},
-        {"name": "NNODES", "value": str(nodes)},
-        {"name": "GPUS_PER_NODE", "value": str(procs)},
-        {"name": "WORLD_SIZE", "value": str(nodes * procs)},
+        # Geometry of the run; each pod starts one process per GPU and derives its rank from
+        # JOB_COMPLETION_INDEX, which the Indexed Job sets in every pod.
+        {"name": "ICLORA_NNODES", "value": str(nodes)},
+        {"name": "ICLORA_GPUS_PER_NODE", "value": str(procs)},
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
-        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-    ]
-    if nodes > 1:
         # Pod 0 of an Indexed Job is reachable as <job>-0.<service> through the headless Service.
-        env.append({"name": "MASTER_ADDR", "value": f"{names.training}-0.{names.service}"})
-    else:
-        env.append({"name": "MASTER_ADDR", "value": "127.0.0.1"})
-    train_args = [
+        {"name": "MASTER_ADDR", "value": f"{names.training}-0.{names.service}" if nodes > 1 else "127.0.0.1"},
+    ]
+    args = [
         "train",
         "--spec", f"env:{SPEC_ENV}",
         "--settings", f"env:{SETTINGS_ENV}",
         "--dataset", ctx.store.uri(PREPARED_DIR),
         "--output", ctx.store.uri(),
     ]
-    if nodes > 1 or procs > 1:
-        command = ["torchrun"]
-        args = [
-            f"--nnodes={nodes}", f"--nproc-per-node={procs}", "--node-rank=$(NODE_RANK)",
-            "--master-addr=$(MASTER_ADDR)", f"--master-port={RENDEZVOUS_PORT}",
-            "-m", "iclora_operator.cli", *train_args,
-        ]
-    else:
-        command, args = list(ctx.trainer_command), train_args
+    command = list(ctx.trainer_command)
     pod = _pod_spec(ctx, command=command, args=args, env=env,
                     resources=_resources(res.cpu, res.memory, p.gpus_per_node), shm=True, gpu=True)
     if nodes > 1:

@@ -81,11 +81,7 @@ class TrainingProfileSpec(_ProfileModel):
     checkpoint_interval: Annotated[int, Field(ge=1)] = Field(
         default=250, description="Steps between checkpoints written to the object store."
     )
-    validation_interval: Annotated[int, Field(ge=0)] = Field(
-        default=1000, description="Steps between validation reels (0: only at the end)."
-    )
-    validation_sampling_steps: Annotated[int, Field(ge=1, le=200)] = 30
-    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    zero_stage: Annotated[int, Field(ge=0, le=2)] = 2
     model_path: str = Field(
         default="/models/ltx-2.3/ltx-2.3-22b.safetensors",
         description="LTX-2.3 checkpoint (path in the image or on a mounted volume).",

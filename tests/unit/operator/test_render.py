@@ -136,10 +136,10 @@ def test_multi_node_training_is_indexed_with_rendezvous():
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["priorityClassName"] == "training"
     env = env_of(job)
-    assert env["WORLD_SIZE"]["value"] == "32"
+    assert env["ICLORA_NNODES"]["value"] == "4"
+    assert env["ICLORA_GPUS_PER_NODE"]["value"] == "8"
     assert env["MASTER_ADDR"]["value"] == "t-train-0.t-train"
-    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert container_of(job)["command"] == ["torchrun"]
+    assert container_of(job)["args"][:1] == ["train"]
     svc = render_headless_service(c)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"][LABEL_UID] == "uid-1"
@@ -175,3 +175,13 @@ def test_profile_places_preflight_and_training_pods_separately():
         assert meta["annotations"] == {"example.com/trace": "on"}
         assert meta["labels"]["cost-center"] == "ml"
         assert meta["labels"][LABEL_UID] == "uid-1"
+
+
+def test_trainer_settings_are_valid_for_the_trainer():
+    from iclora_trainer.config import TrainerSettings
+
+    job = render_training_job(ctx(zero_stage=1, model_path="/m/ltx.safetensors"), suspend=False)
+    settings = TrainerSettings.model_validate_json(env_of(job)["ICLORA_TRAINER_SETTINGS"]["value"])
+    assert settings.zero_stage == 1
+    assert settings.model_path == "/m/ltx.safetensors"
+    assert settings.work_dir.startswith("/scratch")
