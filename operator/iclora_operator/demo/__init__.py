@@ -1,0 +1,30 @@
+"""`iclora demo`: the whole product on an embedded local cluster, in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a full training on an embedded local cluster (tiny model, CPU)",
+        description=(
+            "Start a local control plane, S3 store, pod runner and the operator; upload a synthetic "
+            "dataset; train a MaskedICLoraTraining on a tiny model; download its artifacts."
+        ),
+    )
+    parser.add_argument("--output", default="demo-output", help="folder for the downloaded artifacts")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the cluster running and print how to point kubectl at it")
+    parser.add_argument("--steps", type=int, default=100, help="numberOfSteps of the training (100-20000)")
+    parser.add_argument("--triplets", type=int, default=10, help="triplets in the synthetic dataset")
+    parser.add_argument("--state-dir", help="cluster state folder (default ~/.cache/masked-iclora/clusters/demo)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the training")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from iclora_operator.demo.run import run_demo
+
+    return run_demo(args)

@@ -1,0 +1,221 @@
+"""The one-command demo: everything local, a tiny model on CPU, a synthetic dataset.
+
+Every part is the real one: the control plane built from source, SeaweedFS for
+S3, the operator (kopf, in this process), the CPU preflight and the trainer run
+as real processes by the local pod runner. Only the model is tiny.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+
+log = logging.getLogger(__name__)
+NAMESPACE = "demo"
+NAME = "billboard-demo"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _crds() -> list[dict[str, Any]]:
+    from iclora_operator.api.crdgen import render_crd, render_profile_crd
+
+    return [render_crd(), render_profile_crd()]
+
+
+def _apply_crds(api_client: Any) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api_client)
+    for crd in _crds():
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    deadline = time.monotonic() + 30
+    for crd in _crds():
+        while True:
+            conds = ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
+            if any(c.type == "Established" and c.status == "True" for c in conds):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CRD {crd['metadata']['name']} not established")
+            time.sleep(0.2)
+
+
+def _ensure(call: Any, *args: Any) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        call(*args)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def demo_manifest(dataset_url: str, validation: dict[str, str] | None, steps: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "trainingDataUrl": dataset_url,
+        "triggerPhrase": "repl4ce",
+        "rank": 8,
+        "numberOfSteps": steps,
+        "learningRate": 0.001,
+        "numberOfFrames": 9,
+        "frameRate": 24,
+        "resolution": "low",
+        "aspectRatio": "16:9",
+        "validationNumberOfFrames": 9,
+        "validationResolution": "low",
+        "validationAspectRatio": "16:9",
+        "debugDataset": True,
+        "datasetCredentialsSecretRef": {"name": "demo-dataset"},
+    }
+    if validation:
+        spec["validation"] = [validation]
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "MaskedICLoraTraining",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+def _follow(custom: Any, timeout: float) -> dict[str, Any]:
+    """Show phase, step of total, loss and ETA live until the training ends."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("[bold]{task.fields[phase]:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("eta {task.fields[eta]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training", total=None, phase="Pending", loss="-", eta="-")
+        while True:
+            obj = custom.get_namespaced_custom_object(API_GROUP, API_VERSION, NAMESPACE, PLURAL, NAME)
+            status = obj.get("status") or {}
+            prog = status.get("progress") or {}
+            eta = prog.get("etaSeconds")
+            progress.update(task, completed=prog.get("step", 0), total=prog.get("totalSteps") or None,
+                            phase=status.get("phase", "Pending"), loss=prog.get("loss", "-"),
+                            eta=f"{eta}s" if eta is not None else "-")
+            if status.get("phase") in ("Succeeded", "Failed"):
+                return obj
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training not finished after {timeout:.0f} s (phase {status.get('phase')})")
+            time.sleep(1)
+
+
+def _download(s3: Any, uri: str, folder: Path) -> Path:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    target = folder / Path(key).name
+    s3.client().fget_object(bucket, key, str(target))
+    return target
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from kubernetes import client, config
+
+    from iclora_operator.demo.synthetic import write_dataset_zip
+    from iclora_operator.localcluster import binaries
+    from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
+    from iclora_operator.run import run_operator
+    from iclora_operator.settings import OperatorSettings, StoreSettings
+    from iclora_trainer.model.tiny import create_tiny_checkpoint
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = sys.stdout.write
+    started = time.monotonic()
+    out("[demo] building or reusing the control-plane binaries\n")
+    binaries.build(("k8s", "etcd", "kwok"))
+    state = Path(args.state_dir) if args.state_dir else binaries.cache_root() / "clusters" / "demo"
+    # Only the local runner node: every pod runs as a real process on this machine.
+    cluster = LocalCluster(state, ClusterConfig(gpu_nodes=0, cpu_nodes=0, local_runner=True, local_runner_gpus=1,
+                                                die_with_parent=not args.keep))
+    out(f"[demo] starting the local cluster in {state}\n")
+    cluster.start()
+    stop_flag = threading.Event()
+    operator_thread = None
+    try:
+        s3 = cluster.s3
+        api_client = config.new_client_from_config(str(cluster.kubeconfig))
+        core = client.CoreV1Api(api_client)
+        custom = client.CustomObjectsApi(api_client)
+        _apply_crds(api_client)
+        model_dir = binaries.cache_root() / "models" / "tiny-ltx"
+        tiny = create_tiny_checkpoint(model_dir)
+        _ensure(custom.create_cluster_custom_object, API_GROUP, API_VERSION, "trainingprofiles", {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "TrainingProfile", "metadata": {"name": "default"},
+            "spec": {
+                "image": "local", "gpusPerNode": 1, "nodes": 1, "device": "cpu", "zeroStage": 0,
+                "modelPath": str(tiny.model_path), "textEncoderPath": str(tiny.text_encoder_path),
+                "checkpointInterval": 50,
+                "preflightResources": {"cpu": "1", "memory": "2Gi"},
+                "trainerResources": {"cpu": "1", "memory": "4Gi"},
+                "shmSize": "1Gi", "scratchSize": "10Gi",
+            },
+        })
+        _ensure(core.create_namespace, {"metadata": {"name": NAMESPACE}})
+        out("[demo] writing and uploading a synthetic dataset of "
+            f"{args.triplets} triplets (mixed containers, image and video masks, captions)\n")
+        zip_path = write_dataset_zip(state / "demo-dataset.zip", triplets=args.triplets)
+        s3.client().fput_object(s3.bucket, "datasets/demo-dataset.zip", str(zip_path))
+        _ensure(core.create_namespaced_secret, NAMESPACE, {
+            "metadata": {"name": "demo-dataset"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in {
+                "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+                "AWS_ENDPOINT_URL": s3.endpoint}.items()},
+        })
+        settings = OperatorSettings(
+            reconcile_interval_seconds=2.0, report_poll_seconds=2.0, allow_private_dataset_hosts=True,
+            store=StoreSettings(endpoint=s3.endpoint, bucket=s3.bucket, access_key=s3.access_key,
+                                secret_key=s3.secret_key),
+        )
+        ready = threading.Event()
+        operator_thread = threading.Thread(
+            target=run_operator, args=(settings,), daemon=True,
+            kwargs={"stop_flag": stop_flag, "ready_flag": ready, "metrics_port": 0,
+                    "kubeconfig": str(cluster.kubeconfig)},
+        )
+        operator_thread.start()
+        if not ready.wait(60):
+            raise RuntimeError("the operator did not start")
+        manifest = demo_manifest(f"s3://{s3.bucket}/datasets/demo-dataset.zip", None, args.steps)
+        (state / "demo-training.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        _ensure(custom.create_namespaced_custom_object, API_GROUP, API_VERSION, NAMESPACE, PLURAL, manifest)
+        out(f"[demo] applied MaskedICLoraTraining {NAMESPACE}/{NAME}; following it\n")
+        final = _follow(custom, args.timeout)
+        status = final.get("status") or {}
+        summary = {k: status.get(k) for k in ("phase", "billingUnits", "artifacts", "failure", "effective")}
+        out(yaml.safe_dump({"status": summary}, sort_keys=False))
+        if status.get("phase") != "Succeeded":
+            failure = status.get("failure") or {}
+            out(f"[demo] FAILED: {failure.get('reason')}: {failure.get('message')}\n")
+            out(f"[demo] pod logs: {cluster.pods_dir}\n")
+            return 1
+        folder = Path(args.output).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, uri in sorted((status.get("artifacts") or {}).items()):
+            out(f"[demo] {key:<13} {uri}\n              -> {_download(s3, uri, folder)}\n")
+        out(f"[demo] succeeded in {time.monotonic() - started:.0f} s; {status.get('billingUnits')} billing units\n")
+        if args.keep:
+            out(f"[demo] cluster left running. Use it with:\n  export KUBECONFIG={cluster.kubeconfig}\n"
+                f"  kubectl get micl -A\n  iclora local-cluster down --state-dir {state}\n")
+        return 0
+    finally:
+        stop_flag.set()
+        if operator_thread is not None:
+            operator_thread.join(30)
+        if not args.keep:
+            cluster.stop()
