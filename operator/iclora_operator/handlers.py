@@ -133,7 +133,7 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
     secret_name = output.credentials_secret_ref.name if output.credentials_secret_ref else f"{name}-store"
     data = memo.kube.secret_data(ns, secret_name) if output.credentials_secret_ref else None
     if output.credentials_secret_ref and data is None:
-        raise kopf.TemporaryError(f"Secret {secret_name} of spec.output is missing", delay=30)
+        raise SecretMissing(f"Secret {ns}/{secret_name} named by spec.output.credentialsSecretRef does not exist")
     if data:
         endpoint = data.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
         region = data.get("AWS_REGION") or cfg.region
@@ -145,6 +145,10 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
                             cfg.secret_key.get_secret_value(), cfg.region)
     loc = StoreLocation(endpoint, bucket, run_prefix(prefix, ns, name, uid), region)
     return loc, creds, secret_name
+
+
+class SecretMissing(LookupError):
+    """A Secret named by the spec does not exist in the resource's own namespace."""
 
 
 def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> JobState | None:
@@ -205,7 +209,10 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
     obs = replace(base, spec=spec, profile_name=profile_name, profile=profile)
     if profile is None:
         return obs, None, None
-    loc, creds, secret = _store_for(memo, body, spec)
+    try:
+        loc, creds, secret = _store_for(memo, body, spec)
+    except SecretMissing as exc:
+        return replace(obs, blocked=str(exc)), None, None
     labels = dict(meta.labels or {})
     kueue = bool(memo.settings.kueue_enabled and labels.get(KUEUE_QUEUE_LABEL))
     ctx = RunContext(

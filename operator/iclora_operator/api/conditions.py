@@ -71,6 +71,8 @@ class Reason(StrEnum):
     """Reconciling: waiting for quota or for the namespace's concurrency limit."""
     TRAINING = "Training"
     """Reconciling: the GPU Job runs."""
+    SECRET_NOT_FOUND = "SecretNotFound"
+    """Reconciling: a Secret the spec names does not exist in the resource's namespace (yet)."""
     NO_RECENT_PROGRESS = "NoRecentProgress"
     """Reconciling: the trainer's heartbeat is stale while its Job is active."""
     SUSPENDED = "Suspended"

@@ -299,6 +299,8 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
         draft.validated = (True, Reason.VALID, "the spec passed every rule")
         if obs.profile is None:
             _fail(draft, Reason.PROFILE_NOT_FOUND, f"TrainingProfile {obs.profile_name!r} does not exist")
+        elif obs.blocked:
+            draft.set(Phase.PENDING, Reason.SECRET_NOT_FOUND, obs.blocked)
         elif _decide_preflight(obs, draft):
             _decide_training(obs, draft, now)
             if draft.phase == Phase.TRAINING and _stale(obs, now, stale_after):

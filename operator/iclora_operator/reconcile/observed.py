@@ -48,4 +48,6 @@ class Observed:
     # Whether the namespace's concurrency limit lets this training start now.
     slot_available: bool = True
     kueue_managed: bool = False
+    # Something outside the operator must happen first (e.g. a missing Secret); not terminal.
+    blocked: str | None = None
     status: dict[str, Any] = field(default_factory=dict)

@@ -238,3 +238,14 @@ def test_transition_time_moves_only_on_flip():
     t1 = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
     assert t0["Ready"] == t1["Ready"]
     assert t0["Reconciling"] == t1["Reconciling"]
+
+
+def test_missing_secret_blocks_without_failing():
+    plan = decide(replace(BASE, blocked="Secret ns/creds named by spec.output.credentialsSecretRef does not exist"),
+                  NOW)
+    assert plan.actions == ()
+    s = plan.status
+    assert s["phase"] == "Pending"
+    assert conds(s)["Reconciling"] == ("True", "SecretNotFound")
+    assert "ns/creds" in next(c["message"] for c in s["conditions"] if c["type"] == "Reconciling")
+    assert "failure" not in s
