@@ -14,9 +14,23 @@ pytestmark = pytest.mark.trainer
 
 def _args(tmp_path, tiny_checkpoint, dataset, spec, *extra: str) -> list[str]:
     return [
-        "train", "--spec", str(spec), "--dataset", str(dataset), "--output", str(tmp_path / "out"),
-        "--model-path", str(tiny_checkpoint.model_path), "--text-encoder-path", str(tiny_checkpoint.text_encoder_path),
-        "--device", "cpu", "--work-dir", str(tmp_path / "work"), "--termination-log", str(tmp_path / "term.log"),
+        "train",
+        "--spec",
+        str(spec),
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(tmp_path / "out"),
+        "--model-path",
+        str(tiny_checkpoint.model_path),
+        "--text-encoder-path",
+        str(tiny_checkpoint.text_encoder_path),
+        "--device",
+        "cpu",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--termination-log",
+        str(tmp_path / "term.log"),
         *extra,
     ]
 

@@ -26,11 +26,38 @@ def _free_port() -> int:
 
 def _cmd(spec: Path, dataset: Path, out: Path, ck, work: Path, batch: int, engine: str) -> list[str]:
     return [
-        sys.executable, "-m", "iclora_operator.cli", "train", "--spec", str(spec), "--dataset", str(dataset),
-        "--output", str(out), "--model-path", str(ck.model_path), "--text-encoder-path",
-        str(ck.text_encoder_path), "--steps", "4", "--checkpoint-interval", "2", "--device", "cpu",
-        "--dtype", "fp32", "--engine", engine, "--zero-stage", "2", "--batch-size", str(batch),
-        "--work-dir", str(work), "--termination-log", str(work / "termination.log"),
+        sys.executable,
+        "-m",
+        "iclora_operator.cli",
+        "train",
+        "--spec",
+        str(spec),
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(out),
+        "--model-path",
+        str(ck.model_path),
+        "--text-encoder-path",
+        str(ck.text_encoder_path),
+        "--steps",
+        "4",
+        "--checkpoint-interval",
+        "2",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--engine",
+        engine,
+        "--zero-stage",
+        "2",
+        "--batch-size",
+        str(batch),
+        "--work-dir",
+        str(work),
+        "--termination-log",
+        str(work / "termination.log"),
     ]
 
 
@@ -41,14 +68,26 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_two_rank_deepspeed_matches_single_process(tmp_path, tiny_checkpoint, prepared_dataset):
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"training_data_url": "https://example.com/d.zip", "trigger_phrase": "MASKEDIC",
-                                "rank": 8, "learning_rate": 0.002}))
+    spec.write_text(
+        json.dumps(
+            {
+                "training_data_url": "https://example.com/d.zip",
+                "trigger_phrase": "MASKEDIC",
+                "rank": 8,
+                "learning_rate": 0.002,
+            }
+        )
+    )
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            _cmd(spec, prepared_dataset, tmp_path / "dp", tiny_checkpoint, tmp_path / "dp-work", 1, "deepspeed"),
+            _cmd(
+                spec, prepared_dataset, tmp_path / "dp", tiny_checkpoint, tmp_path / "dp-work", 1, "deepspeed"
+            ),
             env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for r in range(2)
     ]
@@ -56,7 +95,10 @@ def test_two_rank_deepspeed_matches_single_process(tmp_path, tiny_checkpoint, pr
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     single = subprocess.run(
         _cmd(spec, prepared_dataset, tmp_path / "one", tiny_checkpoint, tmp_path / "one-work", 2, "torch"),
-        env=_env(), capture_output=True, text=True, timeout=600,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
 
