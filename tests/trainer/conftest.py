@@ -10,7 +10,9 @@ from iclora_trainer.config import TrainerSettings
 from iclora_trainer.distributed import DistEnv
 from iclora_trainer.loop import TrainingPlan
 
-SINGLE = DistEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=29500, gpus_per_node=1)
+SINGLE = DistEnv(
+    rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=29500, gpus_per_node=1
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +26,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 def prepared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from iclora_trainer.synthetic import write_synthetic_prepared
 
-    return write_synthetic_prepared(tmp_path_factory.mktemp("prepared"), clips=4, width=64, height=64, frames=9)
+    return write_synthetic_prepared(
+        tmp_path_factory.mktemp("prepared"), clips=4, width=64, height=64, frames=9
+    )
 
 
 def make_settings(tiny_checkpoint, work: Path, **kw) -> TrainerSettings:

@@ -32,7 +32,9 @@ def _forward(model: torch.nn.Module) -> torch.Tensor:
     c = 16
     target, ref, noise = (torch.randn(1, c, 2, 2, 2, generator=g) for _ in range(3))
     mask = torch.ones(1, 2, 2, 2, dtype=torch.bool)
-    batch = LatentBatch(target, ref, mask, torch.randn(1, 5, 64, generator=g), torch.ones(1, 5, dtype=torch.long))
+    batch = LatentBatch(
+        target, ref, mask, torch.randn(1, 5, 64, generator=g), torch.ones(1, 5, dtype=torch.long)
+    )
     strategy = MaskedICLoraStrategy(fps=24.0)
     seq = build_sequence(target, ref, mask, noise, torch.tensor([0.5]), 24.0)
     with torch.no_grad():
@@ -51,10 +53,24 @@ def test_saved_lora_loads_through_ltx_core_and_changes_output(tmp_path, tiny_che
     assert outcome.result.status == "Succeeded"
     lora = Path(outcome.result.artifacts.lora_file)
     tensors = load_file(str(lora))
-    modules = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
-               "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"]
-    expected = {f"diffusion_model.transformer_blocks.{i}.{m}.lora_{ab}.weight"
-                for i in range(2) for m in modules for ab in "AB"}
+    modules = [
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+        "ff.net.0.proj",
+        "ff.net.2",
+    ]
+    expected = {
+        f"diffusion_model.transformer_blocks.{i}.{m}.lora_{ab}.weight"
+        for i in range(2)
+        for m in modules
+        for ab in "AB"
+    }
     assert set(tensors) == expected
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())
     a = tensors["diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight"]
@@ -63,9 +79,15 @@ def test_saved_lora_loads_through_ltx_core_and_changes_output(tmp_path, tiny_che
     with safe_open(str(lora), framework="pt") as f:
         meta = f.metadata()
     assert meta["rank"] == "8" and meta["trigger_phrase"] == "MASKEDIC"
-    assert meta["training_type"] == "masked video-to-video IC-LoRA" and meta["reference_downscale_factor"] == "1"
+    assert (
+        meta["training_type"] == "masked video-to-video IC-LoRA" and meta["reference_downscale_factor"] == "1"
+    )
     config = json.loads(Path(outcome.result.artifacts.config_file).read_text())
-    assert config["rank"] == 8 and config["numberOfFrames"] == 9 and config["resolution"] == {"width": 64, "height": 64}
+    assert (
+        config["rank"] == 8
+        and config["numberOfFrames"] == 9
+        and config["resolution"] == {"width": 64, "height": 64}
+    )
 
     builder = SingleGPUModelBuilder(
         model_class_configurator=LTXVideoOnlyModelConfigurator,
@@ -74,7 +96,11 @@ def test_saved_lora_loads_through_ltx_core_and_changes_output(tmp_path, tiny_che
     )
     cpu = torch.device("cpu")
     base = builder.build(device=cpu, dtype=torch.float32).float()
-    fused = builder.lora(str(lora), 1.0, LTXV_LORA_COMFY_RENAMING_MAP).build(device=cpu, dtype=torch.float32).float()
+    fused = (
+        builder.lora(str(lora), 1.0, LTXV_LORA_COMFY_RENAMING_MAP)
+        .build(device=cpu, dtype=torch.float32)
+        .float()
+    )
     delta = fused.transformer_blocks[0].attn1.to_q.weight - base.transformer_blocks[0].attn1.to_q.weight
     assert torch.allclose(delta, (b.float() @ a.float()), atol=1e-2)
     assert not torch.allclose(_forward(base), _forward(fused))
@@ -91,8 +117,9 @@ def test_progress_and_result_files_validate(tmp_path, tiny_checkpoint, prepared_
 
 def test_resume_after_kill_is_bitwise_identical(tmp_path, tiny_checkpoint, prepared_dataset):
     full = _run(tiny_checkpoint, prepared_dataset, tmp_path / "full", steps=6, checkpoint_interval=3)
-    killed = _run(tiny_checkpoint, prepared_dataset, tmp_path / "resumed", steps=6, checkpoint_interval=3,
-                  stop_after=4)  # dies after step 4; the last checkpoint is step 3
+    killed = _run(
+        tiny_checkpoint, prepared_dataset, tmp_path / "resumed", steps=6, checkpoint_interval=3, stop_after=4
+    )  # dies after step 4; the last checkpoint is step 3
     assert killed.result.status == "Failed"
     resumed = _run(tiny_checkpoint, prepared_dataset, tmp_path / "resumed", steps=6, checkpoint_interval=3)
     assert resumed.start_step == 3

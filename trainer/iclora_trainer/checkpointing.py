@@ -76,7 +76,7 @@ def save_checkpoint(
     keep: int,
     uploader: bool,
 ) -> None:
-    """Every rank calls this. `uploader`: this process uploads its node's files (local rank 0)."""
+    """Every rank calls this; each rank has its own work dir and uploads the files it wrote."""
     from safetensors.torch import save_file
 
     key = checkpoint_key(state.step)

@@ -229,7 +229,7 @@ def train(
                 engine,
                 model,
                 settings.keep_checkpoints,
-                uploader=dist.local_rank == 0,
+                uploader=True,
             )
         if stop_after is not None and done >= stop_after and done < steps:
             return outcome

@@ -62,6 +62,7 @@ def load_video_encoder(path: str | Path, device: torch.device, dtype: torch.dtyp
         VideoEncoderConfigurator,
     )
 
+    read_model_config(path)
     builder = SingleGPUModelBuilder(
         model_class_configurator=VideoEncoderConfigurator,
         model_path=str(path),

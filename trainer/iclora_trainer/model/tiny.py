@@ -50,6 +50,9 @@ def tiny_model_config(
         "in_channels": latent_channels,
         "out_channels": latent_channels,
         "cross_attention_dim": inner_dim,
+        # RoPE positions are pixel coordinates / max_pos; the real [20, 2048, 2048]
+        # would leave a 96-px tiny video's cells almost indistinguishable.
+        "positional_embedding_max_pos": [20, 128, 128],
         # LTX-2.3 (22B) layout: the caption projection lives in the text encoder.
         "caption_proj_before_connector": True,
         "caption_projection_first_linear": False,
@@ -94,13 +97,23 @@ def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwa
     tensors: dict[str, torch.Tensor] = {}
     for name, value in transformer.state_dict().items():
         tensors[f"model.diffusion_model.{name}"] = _random_like(name, value, generator)
+    encoder_sd = {}
     for name, value in encoder.state_dict().items():
         if name.startswith("per_channel_statistics."):
-            key = f"vae.{name}"
             fill = torch.ones_like(value) if "std" in name else torch.zeros_like(value)
-            tensors[key] = fill
+            encoder_sd[name] = fill
         else:
-            tensors[f"vae.encoder.{name}"] = _random_like(name, value, generator)
+            encoder_sd[name] = _cell_local(name, _random_like(name, value, generator))
+    # Like the real VAE, normalise latents to zero mean and unit std per channel
+    # (statistics of random videos), so the latents dominate the flow-matching loss.
+    encoder.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in encoder_sd.items()})
+    with torch.no_grad():
+        raw = encoder(torch.rand(4, 3, 9, 64, 64, generator=generator) * 2 - 1)
+    encoder_sd["per_channel_statistics.mean-of-means"] = raw.mean(dim=(0, 2, 3, 4))
+    encoder_sd["per_channel_statistics.std-of-means"] = raw.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
+    for name, value in encoder_sd.items():
+        prefix = "vae." if name.startswith("per_channel_statistics.") else "vae.encoder."
+        tensors[f"{prefix}{name}"] = value
     model_path = directory / TINY_CHECKPOINT_NAME
     # bf16 like the released checkpoints (ltx-core fuses LoRAs only into bf16/fp8 weights).
     save_file(
@@ -112,6 +125,28 @@ def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwa
         directory / TINY_TEXT_ENCODER_NAME, dim=config["transformer"]["cross_attention_dim"], seed=seed
     )
     return TinyCheckpoint(model_path=model_path, text_encoder_path=text_path, config=config)
+
+
+def _cell_local(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """Zero the spatial taps that reach across a 32-px latent cell.
+
+    The real VAE is nearly local; a random 3x3 conv stack is not, and would let
+    kept pixels bleed into masked cells' latents. With these taps zeroed every
+    latent cell depends only on its own pixels (all of them), so the synthetic
+    learning task has an exact answer in the reference.
+    """
+    if weight.ndim != 5:
+        return weight
+    weight = weight.clone()
+    if name.startswith("down_blocks."):
+        # Stride 2, padding 1: taps 1, 2 read inputs 2i, 2i+1, both inside output cell i.
+        weight[..., 0, :] = 0
+        weight[..., :, 0] = 0
+    else:
+        keep = torch.zeros(3, 3, dtype=torch.bool)
+        keep[1, 1] = True
+        weight[..., ~keep] = 0
+    return weight
 
 
 def _random_like(name: str, value: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Two-process DeepSpeed data parallel on CPU (gloo) equals one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.trainer, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cmd(spec: Path, dataset: Path, out: Path, ck, work: Path, batch: int, engine: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "iclora_operator.cli",
+        "train",
+        "--spec",
+        str(spec),
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(out),
+        "--model-path",
+        str(ck.model_path),
+        "--text-encoder-path",
+        str(ck.text_encoder_path),
+        "--steps",
+        "4",
+        "--checkpoint-interval",
+        "2",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--engine",
+        engine,
+        "--zero-stage",
+        "2",
+        "--batch-size",
+        str(batch),
+        "--work-dir",
+        str(work),
+        "--termination-log",
+        str(work / "termination.log"),
+    ]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_two_rank_deepspeed_matches_single_process(tmp_path, tiny_checkpoint, prepared_dataset):
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "training_data_url": "https://example.com/d.zip",
+                "trigger_phrase": "MASKEDIC",
+                "rank": 8,
+                "learning_rate": 0.002,
+            }
+        )
+    )
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                spec, prepared_dataset, tmp_path / "dp", tiny_checkpoint, tmp_path / "dp-work", 1, "deepspeed"
+            ),
+            env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    single = subprocess.run(
+        _cmd(spec, prepared_dataset, tmp_path / "one", tiny_checkpoint, tmp_path / "one-work", 2, "torch"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+
+    dp = load_file(str(tmp_path / "dp" / "artifacts" / "lora.safetensors"))
+    one = load_file(str(tmp_path / "one" / "artifacts" / "lora.safetensors"))
+    assert dp.keys() == one.keys()
+    for k in dp:
+        a, b = dp[k].float(), one[k].float()
+        # bf16 files: within bf16 rounding of the largest entry.
+        assert torch.allclose(a, b, atol=2e-2 * float(b.abs().max()) + 1e-6), k
+    assert any(float(one[k].float().abs().max()) > 0 for k in one if "lora_B" in k)
+    # Every rank's checkpoint files reached the output, then the run finished on both.
+    assert (tmp_path / "dp" / "checkpoints" / "step-000002" / "COMPLETE").exists()
+    result = json.loads((tmp_path / "dp" / "result.json").read_text())
+    assert result["status"] == "Succeeded" and result["steps"] == 4
