@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -39,20 +38,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--work-dir")
     p.add_argument("--termination-log", help="Default: $ICLORA_TERMINATION_LOG or /dev/termination-log.")
     p.set_defaults(func=run)
-
-
-def _read_document(path: str) -> Any:
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        return yaml.safe_load(text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        import yaml
-
-        return yaml.safe_load(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,6 +103,7 @@ def _maybe_spawn_local_ranks() -> int | None:
 
 
 def _train(args: argparse.Namespace) -> Any:
+    from iclora_operator.api.documents import read_document
     from iclora_operator.api.validation import spec_from_document, validate_spec
     from iclora_trainer.config import load_settings
     from iclora_trainer.distributed import dist_env, export_torch_env
@@ -126,7 +112,7 @@ def _train(args: argparse.Namespace) -> Any:
     from iclora_trainer.storage import materialise, open_store
 
     try:
-        spec = validate_spec(spec_from_document(_read_document(args.spec)))
+        spec = validate_spec(spec_from_document(read_document(args.spec)))
     except (OSError, ValueError) as exc:
         raise SpecError(str(exc)) from exc
     except Exception as exc:  # SpecInvalid and YAML errors

@@ -62,13 +62,10 @@ class TrainerSettings(BaseModel):
 def load_settings(path: str | Path | None, env: dict[str, str], overrides: dict[str, Any]) -> TrainerSettings:
     data: dict[str, Any] = {}
     if path:
-        text = Path(path).read_text(encoding="utf-8")
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
+        # A file, `-` or `env:NAME` (how the operator's Job hands the settings over).
+        from iclora_operator.api.documents import read_document
 
-            data.update(yaml.safe_load(text) or {})
-        else:
-            data.update(json.loads(text))
+        data.update(read_document(str(path)) or {})
     for name in TrainerSettings.model_fields:
         key = ENV_PREFIX + name.upper()
         if key in env:
