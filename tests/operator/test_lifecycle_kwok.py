@@ -225,3 +225,40 @@ def test_deleting_the_training_collects_its_children(trainings, operator_factory
         return False
 
     wait_for(secret_gone, timeout=60, what="Secret collected")
+
+
+def test_gitops_apply_twice_changes_nothing_and_spec_is_never_written(local_cluster, trainings, operator_factory,
+                                                                      profile_factory, s3_store):
+    import subprocess
+
+    import yaml
+
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "1s"})
+    operator_factory([trainings.namespace])
+    spec = {**SPEC, "numberOfFrames": 90, "profileRef": {"name": profile}}
+    manifest = yaml.safe_dump({"apiVersion": "iclora.dev/v1alpha1", "kind": "MaskedICLoraTraining",
+                               "metadata": {"name": "git", "namespace": trainings.namespace}, "spec": spec})
+
+    def apply() -> str:
+        proc = subprocess.run([str(local_cluster.kubectl), "--kubeconfig", str(local_cluster.kubeconfig), "apply",
+                               "--server-side", "--field-manager", "argocd", "-f", "-"],
+                              input=manifest, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    apply()
+    obj = trainings.get("git")
+    play_trainer(s3_store, trainings.namespace, "git", obj["metadata"]["uid"])
+    wait_for(lambda: trainings.phase("git") == "Succeeded", timeout=90, what="Succeeded")
+    before = trainings.get("git")["metadata"]["resourceVersion"]
+    apply()
+    after = trainings.get("git")
+    assert after["metadata"]["resourceVersion"] == before  # a no-op apply writes nothing
+    assert after["metadata"]["generation"] == 1
+    assert after["spec"] == spec  # the user's 90 frames, not the effective 89
+    assert after["status"]["effective"]["numberOfFrames"] == 89
+    assert after["status"]["observedGeneration"] == 1
+    # Only our field manager writes status; nobody but the applier owns spec fields.
+    owners = {m["manager"]: m for m in after["metadata"]["managedFields"]}
+    spec_writers = [name for name, m in owners.items() if "f:spec" in json.dumps(m.get("fieldsV1", {}))]
+    assert spec_writers == ["argocd"]
