@@ -302,8 +302,8 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.
             if lock:
                 lock.acquire()
             _act(memo, plan, ctx)
-        except ChildConflict:
-            conflict = JobState(name=ctx.names.preflight, owned=False)
+        except ChildConflict as exc:
+            conflict = JobState(name=exc.name, owned=False)
             plan = decide(replace(obs, preflight_job=conflict, training_job=None), now)
         finally:
             if lock:

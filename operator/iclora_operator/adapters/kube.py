@@ -20,6 +20,10 @@ SUSPENDED_BY_USER = "iclora.dev/suspended-by-user"
 class ChildConflict(RuntimeError):
     """A child's name is taken by an object that does not belong to this training."""
 
+    def __init__(self, kind: str, namespace: str, name: str):
+        super().__init__(f"{kind} {namespace}/{name} exists and does not belong to this training")
+        self.name = name
+
 
 class Kube:
     def __init__(self, api_client: client.ApiClient | None = None):
@@ -48,7 +52,7 @@ class Kube:
         existing = self.read(kind, ns, name)
         want = manifest["metadata"]["labels"][LABEL_UID]
         if existing is None or (existing["metadata"].get("labels") or {}).get(LABEL_UID) != want:
-            raise ChildConflict(f"{kind} {ns}/{name} exists and does not belong to this training")
+            raise ChildConflict(kind, ns, name)
         return existing
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -182,7 +182,7 @@ def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
         draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, "starting the preflight")
         return False
     if not job.owned:
-        _fail(draft, Reason.NAME_CONFLICT, f"Job {job.name} exists and does not belong to this training")
+        _fail(draft, Reason.NAME_CONFLICT, f"{job.name} exists and does not belong to this training")
         return False
     if job.failed:
         reason, message = classify_failure(job, "preflight", report.reason if report else None,
@@ -224,7 +224,7 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
             draft.admitted = (True, Reason.ADMITTED, "training Job created")
         return
     if not job.owned:
-        _fail(draft, Reason.NAME_CONFLICT, f"Job {job.name} exists and does not belong to this training")
+        _fail(draft, Reason.NAME_CONFLICT, f"{job.name} exists and does not belong to this training")
         return
     result = obs.result
     if job.complete:
