@@ -114,3 +114,21 @@ def test_two_rank_deepspeed_matches_single_process(tmp_path, tiny_checkpoint, pr
     assert (tmp_path / "dp" / "checkpoints" / "step-000002" / "COMPLETE").exists()
     result = json.loads((tmp_path / "dp" / "result.json").read_text())
     assert result["status"] == "Succeeded" and result["steps"] == 4
+
+
+def test_deepspeed_zero2_resume_is_bitwise(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("ds_resume_worker.py")),
+            str(tmp_path),
+            str(_free_port()),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"start": 3, "same_losses": True, "diff": 0.0}

@@ -135,3 +135,14 @@ def test_resume_refuses_a_different_configuration(tmp_path, tiny_checkpoint, pre
     _run(tiny_checkpoint, prepared_dataset, tmp_path / "o", steps=4, checkpoint_interval=2, stop_after=2)
     with pytest.raises(CheckpointError, match="fingerprint"):
         _run(tiny_checkpoint, prepared_dataset, tmp_path / "o", steps=4, checkpoint_interval=2, seed=7)
+
+
+def test_bf16_with_half_resolution_reference(tmp_path, tiny_checkpoint, prepared_dataset):
+    """The GPU dtype path (bf16 base, fp32 LoRA) and a reference encoded at 1/2 resolution."""
+    outcome = _run(
+        tiny_checkpoint, prepared_dataset, tmp_path / "o", steps=2, dtype="bf16", reference_downscale_factor=2
+    )
+    assert outcome.result.status == "Succeeded"
+    assert all(v == v for v in outcome.losses)  # finite, not NaN
+    with safe_open(str(outcome.lora_path), framework="pt") as f:
+        assert f.metadata()["reference_downscale_factor"] == "2"
