@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--namespaces", type=int, default=4)
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--baseline", action="store_true",
+                        help="no operator: create the same Secrets and Jobs directly (control-plane ceiling)")
     parser.add_argument("--profile", help="record the operator with py-spy into this file (speedscope)")
     args = parser.parse_args()
 
@@ -83,6 +85,8 @@ def main() -> int:
             "ICLORA_STORE_ACCESS_KEY": s3.access_key,
             "ICLORA_STORE_SECRET_KEY": s3.secret_key,
             "ICLORA_METRICS_PORT": "0",
+            # As in the operator image: one malloc arena per thread inflates RSS for nothing.
+            "MALLOC_ARENA_MAX": "2",
         }
         log = open(state / "operator.log", "w")  # noqa: SIM115 - closed with the process
         from iclora_operator.localcluster.ports import free_ports
@@ -95,6 +99,8 @@ def main() -> int:
             argv,
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
+        if args.baseline:
+            operator_proc.terminate()
         time.sleep(5)
         peak = {"rss": 0.0}
         stop = threading.Event()
@@ -106,7 +112,28 @@ def main() -> int:
 
         threading.Thread(target=sample, daemon=True).start()
 
+        def create_children(i: int) -> None:
+            from iclora_operator.api.profile import TrainingProfileSpec
+            from iclora_operator.api.validation import validate_spec
+            from iclora_operator.render import RunContext, StoreLocation, render_preflight_job, render_store_secret
+
+            ns = namespaces[i % len(namespaces)]
+            ctx = RunContext(name=f"t-{i:05d}", namespace=ns, uid=f"uid-{i}", labels={},
+                             store_secret=f"t-{i:05d}-store",
+                             spec=validate_spec({"trainingDataUrl": "https://datasets.example.com/x.zip"}),
+                             profile=TrainingProfileSpec(pod_annotations={"iclora.dev/fake-hold": "true"}),
+                             store=StoreLocation(s3.endpoint, s3.bucket, f"runs/{ns}/{i}"))
+            for manifest in (render_store_secret(ctx, "a", "b"), render_preflight_job(ctx)):
+                manifest["metadata"].pop("ownerReferences")
+                if manifest["kind"] == "Secret":
+                    core.create_namespaced_secret(ns, manifest)
+                else:
+                    batch.create_namespaced_job(ns, manifest)
+
         def create(i: int) -> None:
+            if args.baseline:
+                create_children(i)
+                return
             ns = namespaces[i % len(namespaces)]
             custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, {
                 "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MaskedICLoraTraining",
@@ -132,7 +159,8 @@ def main() -> int:
         figures = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-            "command": f"python bench/operator_scale.py --count {args.count}",
+            "command": f"python bench/operator_scale.py --count {args.count}"
+            + (" --baseline" if args.baseline else ""),
             "resources": args.count,
             "jobs_created": jobs,
             "seconds_to_apply": round(applied, 1),

@@ -359,8 +359,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.resume(*crd, id="reconcile-resume", registry=registry)(_on_change)
     kopf.on.create(*crd, id="reconcile-create", registry=registry)(_on_change)
     kopf.on.update(*crd, field="spec", id="reconcile-update", registry=registry)(_on_change)
-    # The first tick waits one interval: creation is already handled by the create handler.
-    kopf.timer(*crd, interval=settings.reconcile_interval_seconds, initial_delay=settings.reconcile_interval_seconds,
-               when=_not_terminal, id="reconcile-timer", registry=registry)(_on_change)
+    # The timer only ticks for objects that have been quiet for an interval: a change is
+    # already handled by the change handlers, and a burst of creations must not double up.
+    interval = settings.reconcile_interval_seconds
+    kopf.timer(*crd, interval=interval, initial_delay=interval, idle=interval, when=_not_terminal,
+               id="reconcile-timer", registry=registry)(_on_change)
     kopf.on.delete(*crd, optional=True, id="forget", registry=registry)(_on_delete)
     return registry

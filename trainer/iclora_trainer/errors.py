@@ -33,3 +33,13 @@ class ObjectStoreError(TrainerError):
 class CheckpointError(TrainerError):
     exit_code = ExitCode.CHECKPOINT_FAILED
     reason = "TrainingFailed"
+
+
+class DatasetDownloadError(TrainerError):
+    exit_code = ExitCode.DATASET_DOWNLOAD_FAILED
+    reason = "DatasetDownloadFailed"
+
+
+class NoUsableClipsError(TrainerError):
+    exit_code = ExitCode.NO_USABLE_CLIPS
+    reason = "NoUsableClips"

@@ -13,7 +13,7 @@ import torch
 
 from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
 from iclora_trainer.config import TrainerSettings, fingerprint
-from iclora_trainer.contract import ARTIFACTS_DIR, CONFIG_NAME, LORA_NAME, Artifacts, Result
+from iclora_trainer.contract import ARTIFACTS_DIR, CONFIG_NAME, DEBUG_ARCHIVE_NAME, LORA_NAME, Artifacts, Result
 from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
 from iclora_trainer.distributed import DistEnv
 from iclora_trainer.engine import DeepSpeedEngine, Engine, OptimConfig, TorchEngine
@@ -291,4 +291,7 @@ def _write_artifacts(
     config_path.write_text(json.dumps(config, indent=2))
     lora_uri = store.put_file(lora_path, f"{ARTIFACTS_DIR}/{LORA_NAME}")
     config_uri = store.put_file(config_path, f"{ARTIFACTS_DIR}/{CONFIG_NAME}")
-    return Artifacts(lora_file=lora_uri, config_file=config_uri), lora_path
+    # The preflight leaves the debug archive (spec.debugDataset) in the same run folder.
+    debug_key = f"{ARTIFACTS_DIR}/{DEBUG_ARCHIVE_NAME}"
+    debug_uri = store.url(debug_key) if debug_key in store.list(ARTIFACTS_DIR) else None
+    return Artifacts(lora_file=lora_uri, config_file=config_uri, debug_dataset=debug_uri), lora_path

@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from iclora_trainer.contract import PROGRESS_KEY, RESULT_KEY, TERMINATION_LOG, Progress, Result
 from iclora_trainer.storage import Store
 
@@ -56,10 +58,11 @@ class Reporter:
             )
 
 
-def write_termination_message(result: Result, path: str | None = None) -> None:
+def write_termination_message(result: BaseModel, path: str | None = None) -> None:
     """One-line JSON; skipped (logged) when the file is not writable, e.g. outside Kubernetes."""
     target = Path(path or os.environ.get(TERMINATION_ENV, TERMINATION_LOG))
     payload = result.model_dump(by_alias=True, exclude_none=True)
+    payload.pop("skipped", None)  # a preflight's skip list belongs in preflight.json, not here
     line = json.dumps(payload, separators=(",", ":"))
     if len(line) > 3800:  # Kubernetes keeps at most 4096 bytes
         payload.pop("artifacts", None)

@@ -75,7 +75,7 @@ def triplet_frames(index: int, frames: int, width: int, height: int,
 
 
 def write_dataset_zip(path: Path, *, triplets: int = 10, frames: int = 12, width: int = 160, height: int = 96,
-                      fps: int = 24, trigger: str = "repl4ce", seed: int = 0) -> Path:
+                      fps: int = 24, seed: int = 0) -> Path:
     """Write a zip of `triplets` reference/target/mask triplets with captions; returns its path."""
     rng = np.random.default_rng(seed)
     path = Path(path)
@@ -93,5 +93,5 @@ def write_dataset_zip(path: Path, *, triplets: int = 10, frames: int = 12, width
             else:
                 mask_rgb = [np.repeat(mask[..., None], 3, -1)] * frames
                 zf.writestr(f"{folder}{name}_mask.mp4", _encode(mask_rgb, "mp4", "libx264", "yuv420p", fps))
-            zf.writestr(f"{folder}{name}.txt", f"{trigger} the masked region with the reference pattern {i + 1}\n")
+            zf.writestr(f"{folder}{name}.txt", f"replace the masked region with stripe pattern {i + 1}\n")
     return path

@@ -1,0 +1,107 @@
+"""Safe extraction of a user's zip: nothing outside the work dir, bounded size, no surprises."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from iclora_trainer.errors import DatasetError
+
+IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_total_bytes: int = 50 * 1024**3
+    max_entries: int = 20_000
+    # Video compresses poorly; a ratio this high is a zip bomb, not a dataset.
+    max_ratio: float = 200.0
+
+
+@dataclass
+class Extracted:
+    files: dict[str, Path] = field(default_factory=dict)  # archive path -> extracted file
+    ignored: list[str] = field(default_factory=list)
+
+
+def is_ignored(name: str) -> bool:
+    """macOS metadata, Windows thumbnails and hidden files or folders."""
+    parts = PurePosixPath(name).parts
+    if parts and parts[0] == "__MACOSX":
+        return True
+    return any(p.startswith(".") for p in parts) or parts[-1].lower() in IGNORED_NAMES
+
+
+def _unsafe(name: str) -> str | None:
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if "\\" in name:
+        return "backslash in path"
+    if any(p == ".." for p in PurePosixPath(name).parts):
+        return "path escapes the archive ('..')"
+    return None
+
+
+def extract_zip(zip_path: Path, dest: Path, limits: Limits | None = None) -> Extracted:
+    """Extract `zip_path` into `dest`; raise DatasetError naming the entry and the rule broken."""
+    limits = limits or Limits()
+    dest = Path(dest).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{Path(zip_path).name}: not a zip archive ({exc})") from exc
+    except OSError as exc:
+        raise DatasetError(f"{Path(zip_path).name}: cannot be read ({exc})") from exc
+    out = Extracted()
+    seen: dict[str, str] = {}
+    total = 0
+    with archive:
+        entries = archive.infolist()
+        if len(entries) > limits.max_entries:
+            raise DatasetError(f"archive has {len(entries)} entries, more than the limit of {limits.max_entries}")
+        for info in entries:
+            name = info.filename
+            problem = _unsafe(name)
+            if problem:
+                raise DatasetError(f"{name}: refused ({problem})")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise DatasetError(f"{name}: refused (symbolic link)")
+            if info.is_dir():
+                continue
+            if is_ignored(name):
+                out.ignored.append(name)
+                continue
+            if info.flag_bits & 0x1:
+                raise DatasetError(f"{name}: encrypted entries are not supported; zip without a password")
+            if info.compress_size and info.file_size / info.compress_size > limits.max_ratio \
+                    and info.file_size > CHUNK:
+                raise DatasetError(f"{name}: compression ratio {info.file_size / info.compress_size:.0f}:1 "
+                                   f"exceeds {limits.max_ratio:.0f}:1 (zip bomb?)")
+            base = PurePosixPath(name).name
+            if base.lower() in seen:
+                raise DatasetError(f"file names must be unique across the archive: {seen[base.lower()]} and {name}")
+            seen[base.lower()] = name
+            target = (dest / name).resolve()
+            if dest not in target.parents:
+                raise DatasetError(f"{name}: refused (path escapes the archive)")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = 0
+            try:
+                with archive.open(info) as src, open(target, "wb") as dst:
+                    # Count real bytes: sizes in the header are the archive's claim, not a fact.
+                    while chunk := src.read(CHUNK):
+                        written += len(chunk)
+                        if total + written > limits.max_total_bytes:
+                            raise DatasetError(f"archive expands beyond {limits.max_total_bytes} bytes "
+                                               f"(at {name}; zip bomb?)")
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise DatasetError(f"{name}: corrupt archive entry ({exc})") from exc
+            total += written
+            out.files[name] = target
+    return out
