@@ -56,5 +56,5 @@ def write_debug_archive(prepared: Path, archive: Path, work: Path) -> Path:
             _write_mp4(out, (overlay(f, m) for f, m in zip(iter_clip(prepared / t.target), mask, strict=False)), fps)
             zf.write(out, f"{t.name}/mask_overlay.mp4")
             out.unlink()
-            zf.writestr(f"{t.name}/caption.txt", t.caption + "\n")
+            zf.write(prepared / t.caption, f"{t.name}/caption.txt")
     return archive

@@ -130,7 +130,7 @@ def fit_triplet(triplet: Triplet, params: FitParams, root: Path) -> PreparedTrip
     caption = final_caption(params.trigger_phrase, triplet.caption, src.get("caption"))
     (root / paths["caption"]).write_text(caption, encoding="utf-8")
     return PreparedTriplet(name=triplet.name, reference=paths["reference"], target=paths["target"],
-                           mask=paths["mask"], caption=caption, frames=n, sources=dict(src))
+                           mask=paths["mask"], caption=paths["caption"], frames=n, sources=dict(src))
 
 
 def prepare_dataset(zip_path: Path, params: FitParams, out_dir: Path, work_dir: Path,

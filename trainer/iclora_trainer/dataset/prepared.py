@@ -35,7 +35,7 @@ class PreparedTriplet(_Model):
     reference: str = Field(description="Path of the fitted reference, relative to the dataset root.")
     target: str
     mask: str
-    caption: str
+    caption: str = Field(description="Path of caption.txt (final caption, trigger phrase first), relative.")
     frames: int
     sources: dict[str, str] = Field(
         default_factory=dict, description="Archive paths of the original reference, target, mask, caption."
