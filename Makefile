@@ -6,7 +6,7 @@ export ICLORA_VENV := $(VENV)
 
 demo:
 	@scripts/setup-env.sh
-	@scripts/demo.sh
+	@scripts/demo.sh $(ARGS)
 
 test:
 	@scripts/setup-env.sh

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command. Until the embedded end-to-end demo lands (issue 10),
-# it validates the recommended configuration and prints its effective spec.
+# The README's first command: the whole product on an embedded local cluster (see `iclora demo --help`).
+# Extra arguments go to `iclora demo`, e.g. `make demo ARGS=--keep`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ICLORA_VENV:-$HOME/.cache/masked-iclora/venv}"
 cd "$ROOT"
-"$VENV/bin/iclora" validate examples/recommended.yaml
+exec "$VENV/bin/iclora" demo "$@"

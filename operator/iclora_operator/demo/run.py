@@ -135,6 +135,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from iclora_trainer.model.tiny import create_tiny_checkpoint
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The operator runs in a thread here; kopf's note that it cannot take OS signals is expected.
+    logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)
     out = sys.stdout.write
     started = time.monotonic()
     out("[demo] building or reusing the control-plane binaries\n")

@@ -1,0 +1,38 @@
+"""The README's first command, end to end: `iclora demo` on an embedded cluster."""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
+
+
+def test_demo_trains_bills_and_downloads_artifacts(run_iclora, tmp_path):
+    out = tmp_path / "artifacts"
+    result = run_iclora("demo", "--output", str(out), "--state-dir", str(tmp_path / "cluster"), "--triplets", "5",
+                        timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "phase: Succeeded" in result.stdout
+    assert "billingUnits: 100" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["triggerPhrase"] == "repl4ce"
+    assert config["rank"] == 8
+    with safe_open(str(out / "lora.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert f.metadata()["rank"] == "8"
+    assert keys and all(k.startswith("diffusion_model.transformer_blocks.") for k in keys)
+    with zipfile.ZipFile(out / "debug-dataset.zip") as zf:
+        names = zf.namelist()
+    assert "manifest.json" in names
+    assert sum(n.endswith("mask_overlay.mp4") for n in names) == 5
+    # Torn down: the demo's API server no longer answers.
+    server = yaml.safe_load((tmp_path / "cluster" / "kubeconfig").read_text())["clusters"][0]["cluster"]["server"]
+    host, port = server.removeprefix("https://").split(":")
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
+        pass
