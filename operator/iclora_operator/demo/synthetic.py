@@ -25,7 +25,7 @@ CONTAINERS = [
 ]
 
 
-def _encode(frames: list[np.ndarray], ext: str, codec: str, pix_fmt: str, fps: int) -> bytes:
+def encode_video(frames: list[np.ndarray], ext: str, codec: str, pix_fmt: str, fps: int) -> bytes:
     import av
 
     buf = io.BytesIO()
@@ -86,12 +86,12 @@ def write_dataset_zip(path: Path, *, triplets: int = 10, frames: int = 12, width
             ext, codec, pix_fmt = CONTAINERS[i % len(CONTAINERS)]
             refs, targets, mask = triplet_frames(i, frames, width, height, rng)
             folder = "clips/" if i % 3 == 2 else ""  # nested folders are allowed
-            zf.writestr(f"{folder}{name}_start.{ext}", _encode(refs, ext, codec, pix_fmt, fps))
-            zf.writestr(f"{folder}{name}_end.{ext}", _encode(targets, ext, codec, pix_fmt, fps))
+            zf.writestr(f"{folder}{name}_start.{ext}", encode_video(refs, ext, codec, pix_fmt, fps))
+            zf.writestr(f"{folder}{name}_end.{ext}", encode_video(targets, ext, codec, pix_fmt, fps))
             if i % 2 == 0:
                 zf.writestr(f"{folder}{name}_mask.png", _png(mask))
             else:
                 mask_rgb = [np.repeat(mask[..., None], 3, -1)] * frames
-                zf.writestr(f"{folder}{name}_mask.mp4", _encode(mask_rgb, "mp4", "libx264", "yuv420p", fps))
+                zf.writestr(f"{folder}{name}_mask.mp4", encode_video(mask_rgb, "mp4", "libx264", "yuv420p", fps))
             zf.writestr(f"{folder}{name}.txt", f"replace the masked region with stripe pattern {i + 1}\n")
     return path

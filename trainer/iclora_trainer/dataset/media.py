@@ -100,7 +100,8 @@ def iter_sampled(path: Path, times: Sequence[float], label: str) -> Iterator[obj
                 t = (frame.pts if frame.pts is not None else 0) * tb
                 origin = t if origin is None else origin
                 rel = t - origin
-                while i < len(times) and current is not None and rel > times[i] + 1e-6:
+                # 2 ms of slack: containers store timestamps rounded (WebM/Matroska to milliseconds).
+                while i < len(times) and current is not None and rel > times[i] + 0.002:
                     yield current
                     i += 1
                 if i >= len(times):
