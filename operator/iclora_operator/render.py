@@ -305,7 +305,6 @@ def trainer_settings(ctx: RunContext) -> dict[str, Any]:
         checkpoint_interval=p.checkpoint_interval,
         zero_stage=p.zero_stage,
         device=p.device,
-        work_dir=f"{SCRATCH}/work",
     )
     return settings.model_dump(mode="json", exclude_defaults=True)
 
@@ -319,6 +318,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
     procs = max(1, p.gpus_per_node)
     env = _common_env(ctx) + [
         {"name": SETTINGS_ENV, "value": json.dumps(trainer_settings(ctx), sort_keys=True)},
+        # A path on its own (not inside the settings JSON): runtimes that remap volumes see it.
+        {"name": "ICLORA_WORK_DIR", "value": f"{SCRATCH}/work"},
         # Geometry of the run; each pod starts one process per GPU and derives its rank from
         # JOB_COMPLETION_INDEX, which the Indexed Job sets in every pod.
         {"name": "ICLORA_NNODES", "value": str(nodes)},

@@ -37,9 +37,11 @@ def kopf_settings(settings: Any) -> Any:
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
     ks.networking.request_timeout = 60
-    # No cap on per-object workers: each lingers `idle_timeout` after its last event, so a
-    # cap turns into a throughput ceiling (64 workers / 5 s) under a burst of creations.
-    ks.queueing.worker_limit = None
+    # Per-object workers linger `idle_timeout` after their last event: with a cap, that
+    # linger is a throughput ceiling (cap / idle_timeout); without one, a burst of creations
+    # holds a worker (and its memory) per object. A short linger and a moderate cap give both.
+    ks.queueing.worker_limit = 200
+    ks.queueing.idle_timeout = 0.5
     ks.execution.max_workers = 16
     return ks
 
