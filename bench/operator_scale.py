@@ -156,6 +156,9 @@ def main() -> int:
         all_jobs = time.monotonic() - start
         time.sleep(10)  # steady state: timers keep reconciling every resource
         stop.set()
+        with open(f"/proc/{operator_proc.pid}/status") as fh:
+            final_rss = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+        threads = len(os.listdir(f"/proc/{operator_proc.pid}/task"))
         figures = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": f"{platform.node()} ({os.cpu_count()} cores)",
@@ -166,6 +169,8 @@ def main() -> int:
             "seconds_to_apply": round(applied, 1),
             "seconds_until_every_job": round(all_jobs, 1),
             "operator_peak_rss_mib": round(peak["rss"], 1),
+            "operator_rss_after_mib": round(final_rss, 1),
+            "operator_threads": threads,
         }
         print(json.dumps(figures, indent=2))
         if args.json:
