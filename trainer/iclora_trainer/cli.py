@@ -21,9 +21,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--spec", required=True, help="Manifest (YAML/JSON) or snake_case request JSON.")
     p.add_argument("--dataset", required=True, help="Prepared dataset dir or s3:// prefix (or a raw .zip).")
-    p.add_argument(
-        "--output", required=True, help="Output dir or s3:// prefix (checkpoints, artifacts, progress)."
-    )
+    p.add_argument("--output", required=True, help="Output dir or s3:// prefix (checkpoints, artifacts, progress).")
     p.add_argument("--model-path", help="LTX-2.3 checkpoint .safetensors (env ICLORA_MODEL_PATH).")
     p.add_argument("--text-encoder-path", help="Gemma root dir or tiny text encoder file.")
     p.add_argument("--settings", help="Trainer settings file (JSON or YAML), see TrainerSettings.")
@@ -66,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
         log.exception("internal error")
         from iclora_trainer.contract import ExitCode
 
-        result = Result(
-            status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000]
-        )
+        result = Result(status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000])
         _report_failure(args, result)
         return int(ExitCode.INTERNAL_ERROR)
 
@@ -139,6 +135,7 @@ def _train(args: argparse.Namespace) -> Any:
         rank=spec.rank,
         learning_rate=spec.learning_rate,
         trigger_phrase=spec.trigger_phrase,
+        validation=_validation_plan(spec),
     )
     dist = dist_env()
     work = Path(settings.work_dir) / f"rank{dist.rank}"
@@ -162,3 +159,21 @@ def _train(args: argparse.Namespace) -> Any:
     store = open_store(args.output)
     outcome = train(plan, settings, dataset_dir, store, dist)
     return outcome.result
+
+
+def _validation_plan(spec: Any) -> Any:
+    from iclora_trainer.validation import ValidationEntry, ValidationPlan
+
+    width, height = spec.validation_size
+    return ValidationPlan(
+        entries=tuple(
+            ValidationEntry(v.prompt, str(v.video_url), str(v.mask_url), str(v.reference_video_url))
+            for v in spec.validation
+        ),
+        negative_prompt=spec.validation_negative_prompt,
+        frames=spec.effective_validation_number_of_frames,
+        frame_rate=float(spec.validation_frame_rate),
+        width=width,
+        height=height,
+        stg_scale=float(spec.stg_scale),
+    )

@@ -13,7 +13,7 @@ import torch
 
 from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
 from iclora_trainer.config import TrainerSettings, fingerprint
-from iclora_trainer.contract import ARTIFACTS_DIR, CONFIG_NAME, LORA_NAME, Artifacts, Result
+from iclora_trainer.contract import ARTIFACTS_DIR, CONFIG_NAME, LORA_NAME, VIDEO_NAME, Artifacts, Result
 from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
 from iclora_trainer.distributed import DistEnv
 from iclora_trainer.engine import DeepSpeedEngine, Engine, OptimConfig, TorchEngine
@@ -22,6 +22,7 @@ from iclora_trainer.lora_io import TRAINING_TYPE, apply_lora, export_lora, save_
 from iclora_trainer.reporting import Reporter
 from iclora_trainer.storage import Store
 from iclora_trainer.strategy import MaskedICLoraStrategy
+from iclora_trainer.validation import GuidanceConfig, ValidationPlan
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class TrainingPlan:
     rank: int
     learning_rate: float
     trigger_phrase: str
+    validation: ValidationPlan | None = None  # None or no entries: no reel
 
     @property
     def alpha(self) -> float:
@@ -145,9 +147,7 @@ def load_and_precompute(
         "numberOfFrames": manifest.number_of_frames,
         "frameRate": manifest.frame_rate,
         "triplets": len(triplets),
-        "datasetFingerprint": fingerprint(
-            {"names": [t.name for t in manifest.triplets], "m": manifest.model_dump()}
-        ),
+        "datasetFingerprint": fingerprint({"names": [t.name for t in manifest.triplets], "m": manifest.model_dump()}),
     }
     return data, geometry
 
@@ -169,9 +169,8 @@ def train(
     torch.manual_seed(settings.seed)
 
     data, geometry = load_and_precompute(dataset_dir, settings, device, dtype)
-    strategy = MaskedICLoraStrategy(
-        fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor
-    )
+    validator = _Validator.create(plan, settings, work_dir, device, dtype) if dist.rank == 0 else None
+    strategy = MaskedICLoraStrategy(fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor)
 
     model = load_transformer(settings.model_path or "", device, dtype)
     if settings.gradient_checkpointing:
@@ -231,18 +230,18 @@ def train(
                 settings.keep_checkpoints,
                 uploader=True,
             )
+        if validator and settings.validation_interval and done % settings.validation_interval == 0 and done < steps:
+            validator.render(model, store)
         if stop_after is not None and done >= stop_after and done < steps:
             return outcome
 
     artifacts = None
     if dist.rank == 0:
-        artifacts, outcome.lora_path = _write_artifacts(
-            store, work_dir, model, plan, settings, steps, geometry
-        )
+        artifacts, outcome.lora_path = _write_artifacts(store, work_dir, model, plan, settings, steps, geometry)
+        if validator:
+            artifacts.video = validator.render(model, store)
     engine.barrier()
-    outcome.result = Result(
-        status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}"
-    )
+    outcome.result = Result(status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}")
     reporter.result(outcome.result)
     engine.close()
     return outcome
@@ -270,9 +269,7 @@ def _write_artifacts(
     geometry: dict[str, Any],
 ) -> tuple[Artifacts, Path]:
     out = work_dir / ARTIFACTS_DIR
-    lora_path = save_lora(
-        out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, settings)
-    )
+    lora_path = save_lora(out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, settings))
     config = {
         "triggerPhrase": plan.trigger_phrase,
         "trainingType": TRAINING_TYPE,
@@ -292,3 +289,61 @@ def _write_artifacts(
     lora_uri = store.put_file(lora_path, f"{ARTIFACTS_DIR}/{LORA_NAME}")
     config_uri = store.put_file(config_path, f"{ARTIFACTS_DIR}/{CONFIG_NAME}")
     return Artifacts(lora_file=lora_uri, config_file=config_uri), lora_path
+
+
+@dataclass
+class _Validator:
+    """Validation inputs prepared once (rank 0); renders and uploads the reel on demand."""
+
+    plan: ValidationPlan
+    entries: list[Any]
+    guidance: GuidanceConfig
+    settings: TrainerSettings
+    work_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def create(
+        cls, plan: TrainingPlan, settings: TrainerSettings, work_dir: Path, device: torch.device, dtype: torch.dtype
+    ) -> _Validator | None:
+        from iclora_trainer.validation import prepare_validation
+
+        vplan = plan.validation
+        if vplan is None or not vplan.entries:
+            return None
+        entries = prepare_validation(
+            vplan,
+            settings.model_path or "",
+            settings.text_encoder_path or "",
+            work_dir / "validation",
+            device,
+            dtype,
+            settings.reference_downscale_factor,
+        )
+        guidance = GuidanceConfig(
+            steps=settings.validation_steps,
+            cfg_scale=settings.validation_cfg_scale,
+            stg_scale=vplan.stg_scale,
+            stg_blocks=tuple(settings.validation_stg_blocks) if settings.validation_stg_blocks else None,
+            rescale_scale=settings.validation_rescale_scale,
+            seed=settings.seed,
+        )
+        return cls(vplan, entries, guidance, settings, work_dir, device, dtype)
+
+    def render(self, model: torch.nn.Module, store: Store) -> str:
+        from iclora_trainer.validation import render_validation
+
+        path = render_validation(
+            model,
+            self.entries,
+            self.guidance,
+            self.plan,
+            self.settings.model_path or "",
+            self.work_dir / ARTIFACTS_DIR / VIDEO_NAME,
+            self.device,
+            self.dtype,
+            self.settings.reference_downscale_factor,
+        )
+        log.info("validation reel written: %s", path)
+        return store.put_file(path, f"{ARTIFACTS_DIR}/{VIDEO_NAME}")
