@@ -12,6 +12,7 @@ the kept region equals the source pixels exactly.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ def sample_latent(
     g = torch.Generator().manual_seed(guidance.seed)
     noise = torch.randn(x0.shape, generator=g).to(device)
     x = m * noise + (1 - m) * x0
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for sigma, sigma_next in itertools.pairwise(sigmas):
         args = (model, x, ref, mask, sigma, fps, reference_downscale_factor)
         if same:
             out = _predict(*args, torch.stack(contexts).to(device), torch.stack(masks).to(device), perts, dtype)

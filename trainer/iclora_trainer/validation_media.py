@@ -29,7 +29,7 @@ def fetch(url: str, directory: Path) -> Path:
 
         local = directory / (Path(url.split("?", 1)[0]).name or "media")
         directory.mkdir(parents=True, exist_ok=True)
-        urllib.request.urlretrieve(url, local)  # noqa: S310 - the spec only allows http(s)/s3
+        urllib.request.urlretrieve(url, local)  # the spec only allows http(s)/s3 URLs
         return local
     return Path(url.removeprefix("file://"))
 
