@@ -12,6 +12,7 @@ the kept region equals the source pixels exactly.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 from dataclasses import dataclass
@@ -273,7 +274,11 @@ def prepare_validation(
                 reference_downscale_factor,
             )
         )
+    # Free the VAE encoder and the text encoder before the transformer is loaded.
     del encoder, text_encoder
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
