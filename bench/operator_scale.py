@@ -65,20 +65,12 @@ def main() -> int:
         custom = client.CustomObjectsApi(api_client)
         core = client.CoreV1Api(api_client)
         batch = client.BatchV1Api(api_client)
-        custom.create_cluster_custom_object(
-            API_GROUP,
-            API_VERSION,
-            "trainingprofiles",
-            {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": "TrainingProfile",
-                "metadata": {"name": "default"},
-                "spec": {
-                    "podAnnotations": {"iclora.dev/fake-hold": "true"},
-                    "preflightResources": {"cpu": "10m", "memory": "16Mi"},
-                },
-            },
-        )
+        custom.create_cluster_custom_object(API_GROUP, API_VERSION, "trainingprofiles", {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "TrainingProfile",
+            "metadata": {"name": "default"},
+            "spec": {"podAnnotations": {"iclora.dev/fake-hold": "true"},
+                     "preflightResources": {"cpu": "10m", "memory": "16Mi"}},
+        })
         namespaces = [f"scale-{i}" for i in range(args.namespaces)]
         for ns in namespaces:
             core.create_namespace({"metadata": {"name": ns}})
@@ -101,9 +93,7 @@ def main() -> int:
             argv = ["py-spy", "record", "-o", args.profile, "-f", "speedscope", "-r", "50", "--", *argv]
         operator_proc = subprocess.Popen(
             argv,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         time.sleep(5)
         peak = {"rss": 0.0}
@@ -118,18 +108,11 @@ def main() -> int:
 
         def create(i: int) -> None:
             ns = namespaces[i % len(namespaces)]
-            custom.create_namespaced_custom_object(
-                API_GROUP,
-                API_VERSION,
-                ns,
-                PLURAL,
-                {
-                    "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                    "kind": "MaskedICLoraTraining",
-                    "metadata": {"name": f"t-{i:05d}"},
-                    "spec": {"trainingDataUrl": f"https://datasets.example.com/{i}.zip", "numberOfSteps": 100},
-                },
-            )
+            custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MaskedICLoraTraining",
+                "metadata": {"name": f"t-{i:05d}"},
+                "spec": {"trainingDataUrl": f"https://datasets.example.com/{i}.zip", "numberOfSteps": 100},
+            })
 
         start = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
@@ -138,7 +121,8 @@ def main() -> int:
         print(f"applied {args.count} resources in {applied:.1f} s")
         jobs = 0
         while time.monotonic() - start < 300:
-            jobs = len(batch.list_job_for_all_namespaces(label_selector="app.kubernetes.io/component=preflight").items)
+            jobs = len(batch.list_job_for_all_namespaces(
+                label_selector="app.kubernetes.io/component=preflight").items)
             if jobs >= args.count:
                 break
             time.sleep(1)

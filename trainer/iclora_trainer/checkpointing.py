@@ -109,7 +109,9 @@ def save_checkpoint(
         raise CheckpointError(f"checkpoint at step {state.step} failed: {exc}") from exc
 
 
-def load_latest(store: Store, work_dir: Path, fingerprint: str, engine: Engine, model: torch.nn.Module) -> int:
+def load_latest(
+    store: Store, work_dir: Path, fingerprint: str, engine: Engine, model: torch.nn.Module
+) -> int:
     """Restore the latest completed checkpoint; returns its step (0 when there is none)."""
     from safetensors.torch import load_file
 

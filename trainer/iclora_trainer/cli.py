@@ -21,7 +21,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--spec", required=True, help="Manifest (YAML/JSON) or snake_case request JSON.")
     p.add_argument("--dataset", required=True, help="Prepared dataset dir or s3:// prefix (or a raw .zip).")
-    p.add_argument("--output", required=True, help="Output dir or s3:// prefix (checkpoints, artifacts, progress).")
+    p.add_argument(
+        "--output", required=True, help="Output dir or s3:// prefix (checkpoints, artifacts, progress)."
+    )
     p.add_argument("--model-path", help="LTX-2.3 checkpoint .safetensors (env ICLORA_MODEL_PATH).")
     p.add_argument("--text-encoder-path", help="Gemma root dir or tiny text encoder file.")
     p.add_argument("--settings", help="Trainer settings file (JSON or YAML), see TrainerSettings.")
@@ -64,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         log.exception("internal error")
         from iclora_trainer.contract import ExitCode
 
-        result = Result(status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000])
+        result = Result(
+            status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000]
+        )
         _report_failure(args, result)
         return int(ExitCode.INTERNAL_ERROR)
 

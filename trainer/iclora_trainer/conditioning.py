@@ -87,7 +87,9 @@ def build_sequence(
     positions = torch.cat(
         [
             video_positions(tuple(target.shape), fps).expand(batch, -1, -1, -1),
-            video_positions(tuple(reference.shape), fps, reference_downscale_factor).expand(batch, -1, -1, -1),
+            video_positions(tuple(reference.shape), fps, reference_downscale_factor).expand(
+                batch, -1, -1, -1
+            ),
         ],
         dim=2,
     ).to(device=x0.device)

@@ -18,12 +18,16 @@ ENV_PREFIX = "ICLORA_"
 class TrainerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_path: str | None = Field(default=None, description="LTX-2.3 checkpoint (.safetensors, config in metadata).")
+    model_path: str | None = Field(
+        default=None, description="LTX-2.3 checkpoint (.safetensors, config in metadata)."
+    )
     text_encoder_path: str | None = Field(
         default=None, description="Gemma root folder, or a tiny text-encoder .safetensors (tests, demo)."
     )
     base_model: str = Field(default="LTX-2.3", description="Base model name written to the LoRA metadata.")
-    steps: int | None = Field(default=None, ge=1, description="Override the spec's numberOfSteps (tests, demo).")
+    steps: int | None = Field(
+        default=None, ge=1, description="Override the spec's numberOfSteps (tests, demo)."
+    )
     batch_size: int = Field(default=1, ge=1, description="Samples per rank per step.")
     checkpoint_interval: int = Field(default=250, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1, description="Completed checkpoints kept in the output.")
@@ -33,7 +37,9 @@ class TrainerSettings(BaseModel):
     )
     zero_stage: int = Field(default=2, ge=0, le=2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU."
+    )
     seed: int = 42
     warmup_steps: int | None = Field(default=None, ge=0, description="Default: 5% of the steps, at most 100.")
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -42,7 +48,9 @@ class TrainerSettings(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     gradient_checkpointing: bool = True
     sigma_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
-    reference_downscale_factor: int = Field(default=1, ge=1, description="Reference encoded at 1/d resolution.")
+    reference_downscale_factor: int = Field(
+        default=1, ge=1, description="Reference encoded at 1/d resolution."
+    )
     validation_interval: int = Field(
         default=0, ge=0, description="Render the validation reel every N steps (0: only at the end)."
     )

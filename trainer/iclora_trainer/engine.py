@@ -161,7 +161,9 @@ class DeepSpeedEngine:
 
     def save(self, directory: Path) -> None:
         # Frozen base weights are excluded: only the LoRA, optimizer and schedule are saved.
-        self.engine.save_checkpoint(str(directory), tag="engine", save_latest=False, exclude_frozen_parameters=True)
+        self.engine.save_checkpoint(
+            str(directory), tag="engine", save_latest=False, exclude_frozen_parameters=True
+        )
 
     def load(self, directory: Path) -> None:
         self.engine.load_checkpoint(str(directory), tag="engine", load_module_strict=False)

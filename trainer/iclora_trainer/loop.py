@@ -147,7 +147,9 @@ def load_and_precompute(
         "numberOfFrames": manifest.number_of_frames,
         "frameRate": manifest.frame_rate,
         "triplets": len(triplets),
-        "datasetFingerprint": fingerprint({"names": [t.name for t in manifest.triplets], "m": manifest.model_dump()}),
+        "datasetFingerprint": fingerprint(
+            {"names": [t.name for t in manifest.triplets], "m": manifest.model_dump()}
+        ),
     }
     return data, geometry
 
@@ -170,7 +172,9 @@ def train(
 
     data, geometry = load_and_precompute(dataset_dir, settings, device, dtype)
     validator = _Validator.create(plan, settings, work_dir, device, dtype) if dist.rank == 0 else None
-    strategy = MaskedICLoraStrategy(fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor)
+    strategy = MaskedICLoraStrategy(
+        fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor
+    )
 
     model = load_transformer(settings.model_path or "", device, dtype)
     if settings.gradient_checkpointing:
@@ -237,11 +241,15 @@ def train(
 
     artifacts = None
     if dist.rank == 0:
-        artifacts, outcome.lora_path = _write_artifacts(store, work_dir, model, plan, settings, steps, geometry)
+        artifacts, outcome.lora_path = _write_artifacts(
+            store, work_dir, model, plan, settings, steps, geometry
+        )
         if validator:
             artifacts.video = validator.render(model, store)
     engine.barrier()
-    outcome.result = Result(status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}")
+    outcome.result = Result(
+        status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}"
+    )
     reporter.result(outcome.result)
     engine.close()
     return outcome
@@ -269,7 +277,9 @@ def _write_artifacts(
     geometry: dict[str, Any],
 ) -> tuple[Artifacts, Path]:
     out = work_dir / ARTIFACTS_DIR
-    lora_path = save_lora(out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, settings))
+    lora_path = save_lora(
+        out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, settings)
+    )
     config = {
         "triggerPhrase": plan.trigger_phrase,
         "trainingType": TRAINING_TYPE,
@@ -332,6 +342,7 @@ class _Validator:
         return cls(vplan, entries, guidance, settings, work_dir, device, dtype)
 
     def render(self, model: torch.nn.Module, store: Store) -> str:
+        """Render the reel, upload it as artifacts/validation.mp4 and return its URI."""
         from iclora_trainer.validation import render_validation
 
         path = render_validation(

@@ -23,7 +23,9 @@ LORA_TARGET_MODULES = (
 )
 TRAINING_TYPE = "masked video-to-video IC-LoRA"
 KEY_PREFIX = "diffusion_model."
-_PEFT_KEY = re.compile(r"^(?:.*?)(transformer_blocks\.\d+\..+)\.lora_([AB])\.(?:" + ADAPTER_NAME + r"\.)?weight$")
+_PEFT_KEY = re.compile(
+    r"^(?:.*?)(transformer_blocks\.\d+\..+)\.lora_([AB])\.(?:" + ADAPTER_NAME + r"\.)?weight$"
+)
 
 
 def apply_lora(model: torch.nn.Module, rank: int, alpha: float, seed: int = 0) -> torch.nn.Module:
@@ -32,7 +34,9 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, seed: int = 0) -
 
     for p in model.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES, bias="none")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGET_MODULES, bias="none"
+    )
     # A fixed seed makes lora_A's init identical on every rank and on resume.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

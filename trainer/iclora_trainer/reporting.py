@@ -43,13 +43,17 @@ class Reporter:
         if self._t0 is not None and step > self._s0:
             rate = (time.monotonic() - self._t0) / (step - self._s0)
             eta = int(rate * (self.total - step))
-        progress = Progress(step=step, total_steps=self.total, loss=loss, eta_seconds=eta, heartbeat=now_iso())
+        progress = Progress(
+            step=step, total_steps=self.total, loss=loss, eta_seconds=eta, heartbeat=now_iso()
+        )
         self.store.put_bytes(progress.model_dump_json(by_alias=True).encode(), PROGRESS_KEY)
         return progress
 
     def result(self, result: Result) -> None:
         if self.enabled:
-            self.store.put_bytes(result.model_dump_json(by_alias=True, exclude_none=True).encode(), RESULT_KEY)
+            self.store.put_bytes(
+                result.model_dump_json(by_alias=True, exclude_none=True).encode(), RESULT_KEY
+            )
 
 
 def write_termination_message(result: Result, path: str | None = None) -> None:

@@ -63,7 +63,9 @@ class LocalStore:
         if not base.exists():
             return []
         return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".tmp")
         )
 
     def delete_prefix(self, prefix: str) -> None:

@@ -121,7 +121,9 @@ class GemmaTextEncoder:
     def encode(self, caption: str) -> TextEmbeddings:
         hidden_states, attention_mask = self.encoder.encode(caption)
         out = self.processor.process_hidden_states(hidden_states, attention_mask)
-        return TextEmbeddings(context=out.video_encoding[0].float().cpu(), mask=out.attention_mask[0].long().cpu())
+        return TextEmbeddings(
+            context=out.video_encoding[0].float().cpu(), mask=out.attention_mask[0].long().cpu()
+        )
 
 
 def load_text_encoder(
