@@ -61,3 +61,16 @@ def test_loop_without_entries_has_no_video(tmp_path, tiny_checkpoint, prepared) 
     assert outcome.result.status == "Succeeded"
     assert outcome.result.artifacts.video is None
     assert not (out / "artifacts" / "validation.mp4").exists()
+
+
+def test_unreadable_validation_media_does_not_fail_the_run(tmp_path, tiny_checkpoint, prepared) -> None:
+    from iclora_trainer.loop import train
+
+    missing = str(tmp_path / "missing.mp4")
+    entry = ValidationEntry("p", missing, missing, missing)
+    plan = make_plan(steps=2)
+    plan = type(plan)(**{**plan.__dict__, "validation": ValidationPlan((entry,), "n", FRAMES, FPS, WIDTH, HEIGHT, 1.0)})
+    settings = make_settings(tiny_checkpoint, tmp_path / "work", checkpoint_interval=100)
+    outcome = train(plan, settings, prepared, LocalStore(tmp_path / "out"), SINGLE)
+    assert outcome.result.status == "Succeeded"
+    assert outcome.result.artifacts.video is None

@@ -322,15 +322,20 @@ class _Validator:
         vplan = plan.validation
         if vplan is None or not vplan.entries:
             return None
-        entries = prepare_validation(
-            vplan,
-            settings.model_path or "",
-            settings.text_encoder_path or "",
-            work_dir / "validation",
-            device,
-            dtype,
-            settings.reference_downscale_factor,
-        )
+        try:
+            entries = prepare_validation(
+                vplan,
+                settings.model_path or "",
+                settings.text_encoder_path or "",
+                work_dir / "validation",
+                device,
+                dtype,
+                settings.reference_downscale_factor,
+            )
+        except Exception:
+            # The reel is a preview: unreadable validation media must not cost the user the LoRA.
+            log.exception("validation inputs unusable; the run continues without a reel")
+            return None
         guidance = GuidanceConfig(
             steps=settings.validation_steps,
             cfg_scale=settings.validation_cfg_scale,
@@ -341,20 +346,24 @@ class _Validator:
         )
         return cls(vplan, entries, guidance, settings, work_dir, device, dtype)
 
-    def render(self, model: torch.nn.Module, store: Store) -> str:
-        """Render the reel, upload it as artifacts/validation.mp4 and return its URI."""
+    def render(self, model: torch.nn.Module, store: Store) -> str | None:
+        """Render the reel, upload it as artifacts/validation.mp4 and return its URI (None on failure)."""
         from iclora_trainer.validation import render_validation
 
-        path = render_validation(
-            model,
-            self.entries,
-            self.guidance,
-            self.plan,
-            self.settings.model_path or "",
-            self.work_dir / ARTIFACTS_DIR / VIDEO_NAME,
-            self.device,
-            self.dtype,
-            self.settings.reference_downscale_factor,
-        )
+        try:
+            path = render_validation(
+                model,
+                self.entries,
+                self.guidance,
+                self.plan,
+                self.settings.model_path or "",
+                self.work_dir / ARTIFACTS_DIR / VIDEO_NAME,
+                self.device,
+                self.dtype,
+                self.settings.reference_downscale_factor,
+            )
+        except Exception:
+            log.exception("validation reel failed; the run continues without it")
+            return None
         log.info("validation reel written: %s", path)
         return store.put_file(path, f"{ARTIFACTS_DIR}/{VIDEO_NAME}")
