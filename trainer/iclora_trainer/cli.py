@@ -139,6 +139,7 @@ def _train(args: argparse.Namespace) -> Any:
         rank=spec.rank,
         learning_rate=spec.learning_rate,
         trigger_phrase=spec.trigger_phrase,
+        validation=_validation_plan(spec),
     )
     dist = dist_env()
     work = Path(settings.work_dir) / f"rank{dist.rank}"
@@ -162,3 +163,21 @@ def _train(args: argparse.Namespace) -> Any:
     store = open_store(args.output)
     outcome = train(plan, settings, dataset_dir, store, dist)
     return outcome.result
+
+
+def _validation_plan(spec: Any) -> Any:
+    from iclora_trainer.validation import ValidationEntry, ValidationPlan
+
+    width, height = spec.validation_size
+    return ValidationPlan(
+        entries=tuple(
+            ValidationEntry(v.prompt, str(v.video_url), str(v.mask_url), str(v.reference_video_url))
+            for v in spec.validation
+        ),
+        negative_prompt=spec.validation_negative_prompt,
+        frames=spec.effective_validation_number_of_frames,
+        frame_rate=float(spec.validation_frame_rate),
+        width=width,
+        height=height,
+        stg_scale=float(spec.stg_scale),
+    )

@@ -51,6 +51,15 @@ class TrainerSettings(BaseModel):
     reference_downscale_factor: int = Field(
         default=1, ge=1, description="Reference encoded at 1/d resolution."
     )
+    validation_interval: int = Field(
+        default=0, ge=0, description="Render the validation reel every N steps (0: only at the end)."
+    )
+    validation_steps: int = Field(default=30, ge=1, description="Euler steps of the validation sampler.")
+    validation_cfg_scale: float = Field(default=3.0, ge=1.0, description="CFG scale (1: no negative pass).")
+    validation_stg_blocks: list[int] | None = Field(
+        default=None, description="Blocks whose self-attention STG skips; default LTX-2.3's block 28."
+    )
+    validation_rescale_scale: float = Field(default=0.7, ge=0.0, le=1.0)
     work_dir: str = Field(default="/tmp/iclora-work", description="Local scratch (latents, checkpoints).")
 
     def resolved_warmup(self, steps: int) -> int:

@@ -13,7 +13,15 @@ import torch
 
 from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
 from iclora_trainer.config import TrainerSettings, fingerprint
-from iclora_trainer.contract import ARTIFACTS_DIR, CONFIG_NAME, DEBUG_ARCHIVE_NAME, LORA_NAME, Artifacts, Result
+from iclora_trainer.contract import (
+    ARTIFACTS_DIR,
+    CONFIG_NAME,
+    DEBUG_ARCHIVE_NAME,
+    LORA_NAME,
+    VIDEO_NAME,
+    Artifacts,
+    Result,
+)
 from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
 from iclora_trainer.distributed import DistEnv
 from iclora_trainer.engine import DeepSpeedEngine, Engine, OptimConfig, TorchEngine
@@ -22,6 +30,7 @@ from iclora_trainer.lora_io import TRAINING_TYPE, apply_lora, export_lora, save_
 from iclora_trainer.reporting import Reporter
 from iclora_trainer.storage import Store
 from iclora_trainer.strategy import MaskedICLoraStrategy
+from iclora_trainer.validation import GuidanceConfig, ValidationPlan
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,7 @@ class TrainingPlan:
     rank: int
     learning_rate: float
     trigger_phrase: str
+    validation: ValidationPlan | None = None  # None or no entries: no reel
 
     @property
     def alpha(self) -> float:
@@ -169,6 +179,7 @@ def train(
     torch.manual_seed(settings.seed)
 
     data, geometry = load_and_precompute(dataset_dir, settings, device, dtype)
+    validator = _Validator.create(plan, settings, work_dir, device, dtype) if dist.rank == 0 else None
     strategy = MaskedICLoraStrategy(
         fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor
     )
@@ -231,6 +242,8 @@ def train(
                 settings.keep_checkpoints,
                 uploader=True,
             )
+        if validator and settings.validation_interval and done % settings.validation_interval == 0 and done < steps:
+            validator.render(model, store)
         if stop_after is not None and done >= stop_after and done < steps:
             return outcome
 
@@ -239,6 +252,8 @@ def train(
         artifacts, outcome.lora_path = _write_artifacts(
             store, work_dir, model, plan, settings, steps, geometry
         )
+        if validator:
+            artifacts.video = validator.render(model, store)
     engine.barrier()
     outcome.result = Result(
         status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}"
@@ -295,3 +310,71 @@ def _write_artifacts(
     debug_key = f"{ARTIFACTS_DIR}/{DEBUG_ARCHIVE_NAME}"
     debug_uri = store.url(debug_key) if debug_key in store.list(ARTIFACTS_DIR) else None
     return Artifacts(lora_file=lora_uri, config_file=config_uri, debug_dataset=debug_uri), lora_path
+
+
+@dataclass
+class _Validator:
+    """Validation inputs prepared once (rank 0); renders and uploads the reel on demand."""
+
+    plan: ValidationPlan
+    entries: list[Any]
+    guidance: GuidanceConfig
+    settings: TrainerSettings
+    work_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def create(
+        cls, plan: TrainingPlan, settings: TrainerSettings, work_dir: Path, device: torch.device, dtype: torch.dtype
+    ) -> _Validator | None:
+        from iclora_trainer.validation import prepare_validation
+
+        vplan = plan.validation
+        if vplan is None or not vplan.entries:
+            return None
+        try:
+            entries = prepare_validation(
+                vplan,
+                settings.model_path or "",
+                settings.text_encoder_path or "",
+                work_dir / "validation",
+                device,
+                dtype,
+                settings.reference_downscale_factor,
+            )
+        except Exception:
+            # The reel is a preview: unreadable validation media must not cost the user the LoRA.
+            log.exception("validation inputs unusable; the run continues without a reel")
+            return None
+        guidance = GuidanceConfig(
+            steps=settings.validation_steps,
+            cfg_scale=settings.validation_cfg_scale,
+            stg_scale=vplan.stg_scale,
+            stg_blocks=tuple(settings.validation_stg_blocks) if settings.validation_stg_blocks else None,
+            rescale_scale=settings.validation_rescale_scale,
+            seed=settings.seed,
+        )
+        return cls(vplan, entries, guidance, settings, work_dir, device, dtype)
+
+    def render(self, model: torch.nn.Module, store: Store) -> str | None:
+        """Render the reel, upload it as artifacts/validation.mp4 and return its URI (None on failure)."""
+        from iclora_trainer.validation import render_validation
+
+        try:
+            path = render_validation(
+                model,
+                self.entries,
+                self.guidance,
+                self.plan,
+                self.settings.model_path or "",
+                self.work_dir / ARTIFACTS_DIR / VIDEO_NAME,
+                self.device,
+                self.dtype,
+                self.settings.reference_downscale_factor,
+            )
+        except Exception:
+            log.exception("validation reel failed; the run continues without it")
+            return None
+        log.info("validation reel written: %s", path)
+        return store.put_file(path, f"{ARTIFACTS_DIR}/{VIDEO_NAME}")

@@ -80,3 +80,22 @@ def _check_materialised(model: torch.nn.Module, what: str) -> None:
     missing += [n for n, b in model.named_buffers() if b.device.type == "meta"]
     if missing:
         raise ModelConfigError(f"{what}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+
+
+def load_video_decoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The video VAE decoder (takes normalised latents, returns pixels in [-1, 1])."""
+    from ltx_core.loader.single_gpu_model_builder import SingleGPUModelBuilder
+    from ltx_core.model.video_vae.model_configurator import (
+        VAE_DECODER_COMFY_KEYS_FILTER,
+        VideoDecoderConfigurator,
+    )
+
+    read_model_config(path)
+    builder = SingleGPUModelBuilder(
+        model_class_configurator=VideoDecoderConfigurator,
+        model_path=str(path),
+        model_sd_ops=VAE_DECODER_COMFY_KEYS_FILTER,
+    )
+    model = builder.build(device=device, dtype=dtype)
+    _check_materialised(model, "video VAE decoder")
+    return model.eval()

@@ -68,6 +68,11 @@ def tiny_model_config(
         "encoder_blocks": [["compress_all", 1], ["compress_all", 1], ["compress_all", 1]],
         "norm_layer": "pixel_norm",
         "latent_log_var": "uniform",
+        # Decoder (validation): the inverse stack, small and deterministic.
+        "decoder_blocks": [["compress_all", {}], ["compress_all", {}], ["compress_all", {}]],
+        "decoder_base_channels": 8,
+        "timestep_conditioning": False,
+        "causal_decoder": False,
     }
     return {"transformer": transformer, "vae": vae}
 
@@ -82,7 +87,7 @@ class TinyCheckpoint:
 def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwargs: int) -> TinyCheckpoint:
     """Write a tiny transformer + VAE checkpoint and a tiny text encoder into `directory`."""
     from ltx_core.model.transformer.model_configurator import LTXVideoOnlyModelConfigurator
-    from ltx_core.model.video_vae.model_configurator import VideoEncoderConfigurator
+    from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
     from safetensors.torch import save_file
 
     from iclora_trainer.model.text import create_tiny_text_encoder
@@ -114,6 +119,11 @@ def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwa
     for name, value in encoder_sd.items():
         prefix = "vae." if name.startswith("per_channel_statistics.") else "vae.encoder."
         tensors[f"{prefix}{name}"] = value
+    # Drawn after the encoder so the encoder and transformer weights are unchanged.
+    decoder = VideoDecoderConfigurator.from_config(config)
+    for name, value in decoder.state_dict().items():
+        if not name.startswith("per_channel_statistics."):
+            tensors[f"vae.decoder.{name}"] = _random_like(name, value, generator)
     model_path = directory / TINY_CHECKPOINT_NAME
     # bf16 like the released checkpoints (ltx-core fuses LoRAs only into bf16/fp8 weights).
     save_file(

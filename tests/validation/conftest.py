@@ -1,0 +1,36 @@
+"""Fixtures for the validation tests: tiny checkpoint and small media files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iclora_trainer.dataset.prepared import write_clip
+
+WIDTH, HEIGHT, FRAMES, FPS = 64, 64, 9, 24
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    from iclora_trainer.model.tiny import create_tiny_checkpoint
+
+    return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 96x64 source and reference (fitted to 64x64 by a centre crop) and a PNG mask."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (FRAMES, 64, 96, 3), dtype=np.uint8)
+    reference = rng.integers(0, 256, (FRAMES, 64, 96, 3), dtype=np.uint8)
+    write_clip(root / "source.mkv", source, FPS)
+    write_clip(root / "reference.mkv", reference, FPS)
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[:, 48:] = 255  # right half (after crop: columns 32..63) regenerated
+    Image.fromarray(mask).save(root / "mask.png")
+    return {"video": root / "source.mkv", "mask": root / "mask.png", "reference": root / "reference.mkv"}

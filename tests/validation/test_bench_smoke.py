@@ -1,0 +1,47 @@
+"""The GPU benchmark script parses and runs one step of both paths on the tiny config (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.trainer
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "train_step_gpu.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("train_step_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_step_gpu"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("levers", [[], ["--checkpointing", "every:2", "--reference-downscale", "2"]])
+def test_tiny_cpu_smoke(tmp_path, levers) -> None:
+    bench = _load()
+    argv = ["--tiny", "--device", "cpu", "--shapes", "128x128x9", "--out", str(tmp_path), *levers]
+    assert bench.main(argv) == 0
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert [r["name"] for r in report["rows"]] == ["ours", "anchor"]
+    assert all(r["s_per_step"] > 0 and r["tflops_per_step"] > 0 for r in report["rows"])
+
+
+def test_full_size_flops_are_plausible() -> None:
+    """Analytic FLOPs of the full-size config on the meta device: about 6 x 22B params x tokens."""
+    import torch
+    from ltx_core.model.transformer.model_configurator import LTXVideoOnlyModelConfigurator
+
+    bench = _load()
+    with torch.device("meta"):
+        model = LTXVideoOnlyModelConfigurator.from_config(bench.full_config())
+    tokens = 2 * 12 * 14 * 24
+    flops = bench.step_flops(model, tokens, 256)
+    params = sum(p.numel() for p in model.transformer_blocks.parameters())
+    assert len(model.transformer_blocks) == 48 and model.transformer_blocks[0].attn1.to_q.out_features == 4096
+    assert 6 * params * tokens * 0.5 < flops < 6 * params * tokens * 3
