@@ -27,6 +27,13 @@ def test_demo_trains_bills_and_downloads_artifacts(run_iclora, tmp_path):
         keys = list(f.keys())
         assert f.metadata()["rank"] == "8"
     assert keys and all(k.startswith("diffusion_model.transformer_blocks.") for k in keys)
+    import av
+
+    with av.open(str(out / "validation.mp4")) as reel:
+        stream = reel.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert sum(1 for _ in reel.decode(stream)) == 9  # one entry, 9 frames
+        assert stream.width == 4 * 512  # source | mask | reference | result
     with zipfile.ZipFile(out / "debug-dataset.zip") as zf:
         names = zf.namelist()
     assert "manifest.json" in names

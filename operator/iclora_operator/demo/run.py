@@ -127,7 +127,7 @@ def _download(s3: Any, uri: str, folder: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
-    from iclora_operator.demo.synthetic import write_dataset_zip
+    from iclora_operator.demo.synthetic import write_dataset_zip, write_validation_set
     from iclora_operator.localcluster import binaries
     from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
     from iclora_operator.run import run_operator
@@ -193,7 +193,11 @@ def run_demo(args: argparse.Namespace) -> int:
         operator_thread.start()
         if not ready.wait(60):
             raise RuntimeError("the operator did not start")
-        manifest = demo_manifest(f"s3://{s3.bucket}/datasets/demo-dataset.zip", None, args.steps)
+        validation: dict[str, str] = {"prompt": "repl4ce the masked region with a stripe pattern"}
+        for key, path in write_validation_set(state / "validation").items():
+            s3.client().fput_object(s3.bucket, f"validation/{path.name}", str(path))
+            validation[key] = f"s3://{s3.bucket}/validation/{path.name}"
+        manifest = demo_manifest(f"s3://{s3.bucket}/datasets/demo-dataset.zip", validation, args.steps)
         (state / "demo-training.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         _ensure(custom.create_namespaced_custom_object, API_GROUP, API_VERSION, NAMESPACE, PLURAL, manifest)
         out(f"[demo] applied MaskedICLoraTraining {NAMESPACE}/{NAME}; following it\n")

@@ -95,3 +95,18 @@ def write_dataset_zip(path: Path, *, triplets: int = 10, frames: int = 12, width
                 zf.writestr(f"{folder}{name}_mask.mp4", encode_video(mask_rgb, "mp4", "libx264", "yuv420p", fps))
             zf.writestr(f"{folder}{name}.txt", f"replace the masked region with stripe pattern {i + 1}\n")
     return path
+
+
+def write_validation_set(folder: Path, *, frames: int = 12, width: int = 160, height: int = 96, fps: int = 24,
+                         seed: int = 99) -> dict[str, Path]:
+    """A fresh source video, mask image and reference video for a validation entry."""
+    rng = np.random.default_rng(seed)
+    refs, targets, mask = triplet_frames(seed, frames, width, height, rng)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"videoUrl": folder / "source.mp4", "maskUrl": folder / "mask.png",
+             "referenceVideoUrl": folder / "reference.mp4"}
+    paths["videoUrl"].write_bytes(encode_video(targets, "mp4", "libx264", "yuv420p", fps))
+    paths["maskUrl"].write_bytes(_png(mask))
+    paths["referenceVideoUrl"].write_bytes(encode_video(refs, "mp4", "libx264", "yuv420p", fps))
+    return paths
