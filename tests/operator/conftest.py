@@ -61,7 +61,8 @@ def operator_factory(local_cluster: Any, s3_store: Any,
 
     running: list[RunningOperator] = []
 
-    def make(namespaces: list[str], kubeconfig: str | None = None, **overrides: Any) -> RunningOperator:
+    def make(namespaces: list[str], kubeconfig: str | None = None, metrics_port: int = 0,
+             liveness: str | None = None, **overrides: Any) -> RunningOperator:
         store = StoreSettings(endpoint=s3_store.endpoint, bucket=s3_store.bucket, prefix="runs",
                               access_key=s3_store.access_key, secret_key=s3_store.secret_key)
         settings = OperatorSettings(reconcile_interval_seconds=1.0, store=store, namespaces=namespaces,
@@ -74,7 +75,8 @@ def operator_factory(local_cluster: Any, s3_store: Any,
             thread = threading.Thread(
                 target=run_operator, args=(settings,),
                 kwargs={"namespaces": namespaces, "stop_flag": stop_flag, "ready_flag": ready_flag,
-                        "metrics_port": 0, "kubeconfig": kubeconfig or str(local_cluster.kubeconfig)},
+                        "metrics_port": metrics_port, "liveness": liveness,
+                        "kubeconfig": kubeconfig or str(local_cluster.kubeconfig)},
                 daemon=True,
             )
             thread.start()

@@ -110,8 +110,14 @@ def _phases_until_done(trainings, name: str, timeout: float = 90) -> list[str]:
 
 
 def test_success_path_bills_once_and_reports_artifacts(trainings, operator_factory, profile_factory, s3_store):
+    from urllib.request import urlopen
+
+    from iclora_operator.localcluster.ports import free_ports
+
+    metrics_port, health_port = free_ports(2)
     profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "3s"})
-    operator_factory([trainings.namespace])
+    operator_factory([trainings.namespace], metrics_port=metrics_port,
+                     liveness=f"http://127.0.0.1:{health_port}/healthz")
     obj = trainings.create("ok", {**SPEC, "profileRef": {"name": profile}, "numberOfFrames": 100})
     arts = play_trainer(s3_store, trainings.namespace, "ok", obj["metadata"]["uid"])
     phases = _phases_until_done(trainings, "ok")
@@ -132,6 +138,12 @@ def test_success_path_bills_once_and_reports_artifacts(trainings, operator_facto
     assert train_pod.containers[0].resources.limits["nvidia.com/gpu"] == "1"
     assert train_pod.automount_service_account_token is False
     assert len(trainings.events("ok", "Billed")) == 1
+    # The platform sees it too: liveness answers, metrics count the billed units and phases.
+    assert urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5).status == 200
+    metrics = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    assert f'iclora_billing_units_total{{namespace="{trainings.namespace}"}} 150.0' in metrics
+    assert f'iclora_trainings{{namespace="{trainings.namespace}",phase="Succeeded"}} 1.0' in metrics
+    assert 'iclora_reconciles_total{result="ok"}' in metrics
 
 
 def test_operator_restart_mid_run_adopts_jobs_and_bills_once(trainings, operator_factory, profile_factory,
