@@ -20,29 +20,9 @@ KWOK_GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": 
 @pytest.fixture(scope="session")
 def installed_crds(k8s_api: Any, local_cluster: Any) -> None:
     """Apply crds/ (what `iclora crd` generated) and wait until they are served."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
+    from iclora_operator.adapters.kube import install_crds
 
-    ext = client.ApiextensionsV1Api(k8s_api)
-    names = []
-    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        names.append(crd["metadata"]["name"])
-        try:
-            ext.create_custom_resource_definition(crd)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    from iclora_operator.localcluster.pytest_plugin import wait_for
-
-    def established() -> bool:
-        for name in names:
-            conds = ext.read_custom_resource_definition(name).status.conditions or []
-            if not any(c.type == "Established" and c.status == "True" for c in conds):
-                return False
-        return True
-
-    wait_for(established, timeout=30, what="CRDs established")
+    install_crds(k8s_api, [yaml.safe_load(p.read_text()) for p in sorted((REPO_ROOT / "crds").glob("*.yaml"))])
 
 
 @dataclass

@@ -135,3 +135,26 @@ def job_state(job: dict[str, Any], uid: str) -> JobState:
         failure_message=failed.get("message") if failed else None,
         suspended_by_user=(meta.get("annotations") or {}).get(SUSPENDED_BY_USER) == "true",
     )
+
+
+def install_crds(api_client: Any, crds: list[dict[str, Any]], timeout: float = 30.0) -> None:
+    """Create CRDs (existing ones are kept) and wait until the API server serves them."""
+    import time
+
+    ext = client.ApiextensionsV1Api(api_client)
+    for crd in crds:
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    deadline = time.monotonic() + timeout
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        while True:
+            conds = ext.read_custom_resource_definition(name).status.conditions or []
+            if any(c.type == "Established" and c.status == "True" for c in conds):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not established after {timeout:.0f} s")
+            time.sleep(0.2)

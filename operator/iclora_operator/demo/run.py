@@ -26,34 +26,6 @@ NAME = "billboard-demo"
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _crds() -> list[dict[str, Any]]:
-    from iclora_operator.api.crdgen import render_crd, render_profile_crd
-
-    return [render_crd(), render_profile_crd()]
-
-
-def _apply_crds(api_client: Any) -> None:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(api_client)
-    for crd in _crds():
-        try:
-            ext.create_custom_resource_definition(crd)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    deadline = time.monotonic() + 30
-    for crd in _crds():
-        while True:
-            conds = ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
-            if any(c.type == "Established" and c.status == "True" for c in conds):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"CRD {crd['metadata']['name']} not established")
-            time.sleep(0.2)
-
-
 def _ensure(call: Any, *args: Any) -> None:
     from kubernetes.client.exceptions import ApiException
 
@@ -127,6 +99,8 @@ def _download(s3: Any, uri: str, folder: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
+    from iclora_operator.adapters.kube import install_crds
+    from iclora_operator.api.crdgen import render_crd, render_profile_crd
     from iclora_operator.demo.synthetic import write_dataset_zip, write_validation_set
     from iclora_operator.localcluster import binaries
     from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
@@ -154,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
         api_client = config.new_client_from_config(str(cluster.kubeconfig))
         core = client.CoreV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
-        _apply_crds(api_client)
+        install_crds(api_client, [render_crd(), render_profile_crd()])
         model_dir = binaries.cache_root() / "models" / "tiny-ltx"
         tiny = create_tiny_checkpoint(model_dir)
         _ensure(custom.create_cluster_custom_object, API_GROUP, API_VERSION, "trainingprofiles", {
