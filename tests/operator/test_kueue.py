@@ -1,0 +1,75 @@
+"""With Kueue: training Jobs are created suspended with the queue label and admitted by Kueue."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from iclora_operator.adapters.kube import install_crds
+from iclora_operator.api.crdgen import render_crd, render_profile_crd
+from iclora_operator.localcluster import kueue, nodes
+from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
+from iclora_operator.localcluster.pytest_plugin import wait_for
+from tests.operator.conftest import Trainings
+from tests.operator.test_lifecycle_kwok import SPEC, play_trainer
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def kueue_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    config = ClusterConfig(gpu_nodes=1, cpu_nodes=1, local_runner=False, s3=False, kueue=True, kueue_gpu_quota=1)
+    with LocalCluster(tmp_path_factory.mktemp("kueue-operator"), config) as cluster:
+        yield cluster
+
+
+def test_kueue_admits_one_training_at_a_time(kueue_cluster, s3_store):
+    from kubernetes import client
+
+    from iclora_operator.run import run_operator
+    from iclora_operator.settings import OperatorSettings, StoreSettings
+
+    api = kueue_cluster.api_client()
+    install_crds(api, [render_crd(), render_profile_crd()])
+    ns = kueue.TEAM_NAMESPACES[0]
+    wait_for(lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns), what="default SA")
+    client.CustomObjectsApi(api).create_cluster_custom_object("iclora.dev", "v1alpha1", "trainingprofiles", {
+        "apiVersion": "iclora.dev/v1alpha1", "kind": "TrainingProfile", "metadata": {"name": "default"},
+        "spec": {"gpusPerNode": 1, "tolerations": [nodes.GPU_TOLERATION],
+                 "podAnnotations": {"iclora.dev/fake-delay": "8s"},
+                 "preflightResources": {"cpu": "100m", "memory": "128Mi"},
+                 "trainerResources": {"cpu": "100m", "memory": "128Mi"}},
+    })
+    store = StoreSettings(endpoint=s3_store.endpoint, bucket=s3_store.bucket, access_key=s3_store.access_key,
+                          secret_key=s3_store.secret_key)
+    settings = OperatorSettings(reconcile_interval_seconds=1.0, report_poll_seconds=1.0, kueue_enabled=True,
+                                store=store, namespaces=[ns])
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=run_operator, args=(settings,), daemon=True,
+                              kwargs={"namespaces": [ns], "stop_flag": stop, "ready_flag": ready,
+                                      "metrics_port": 0, "kubeconfig": str(kueue_cluster.kubeconfig)})
+    thread.start()
+    try:
+        assert ready.wait(60)
+        trainings = Trainings(api, ns)
+        labels = {kueue.QUEUE_LABEL: kueue.LOCAL_QUEUE}
+        first = trainings.create("first", SPEC, labels=labels)
+        play_trainer(s3_store, ns, "first", first["metadata"]["uid"])
+        wait_for(lambda: trainings.phase("first") == "Training", timeout=60, what="first admitted")
+        second = trainings.create("second", SPEC, labels=labels)
+        play_trainer(s3_store, ns, "second", second["metadata"]["uid"])
+        wait_for(lambda: trainings.phase("second") == "Queued", timeout=60, what="second queued")
+        job = trainings.batch.read_namespaced_job("second-train", ns)
+        assert job.spec.suspend is True
+        assert job.metadata.labels[kueue.QUEUE_LABEL] == kueue.LOCAL_QUEUE
+        conds = {c["type"]: c["reason"] for c in trainings.get("second")["status"]["conditions"]}
+        assert conds["Admitted"] == "WaitingForQuota"
+        wait_for(lambda: trainings.phase("first") == "Succeeded", timeout=90, what="first done")
+        wait_for(lambda: trainings.phase("second") == "Training", timeout=60, what="second admitted")
+        wait_for(lambda: trainings.phase("second") == "Succeeded", timeout=90, what="second done")
+        assert trainings.get("second")["status"]["billingUnits"] == 150
+    finally:
+        stop.set()
+        thread.join(60)
