@@ -45,6 +45,17 @@ def test_helm_lint(local_cluster):
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize(("bad", "field"), [("concurrencyPerNamespace=-1", "concurrencyPerNamespace"),
+                                            ("store.endpoint=s3.example.com", "endpoint"),
+                                            ("operator.logFormat=xml", "logFormat")])
+def test_values_schema_rejects_bad_values(local_cluster, bad, field):
+    proc = subprocess.run([str(local_cluster.helm), "template", "r", str(CHART), "--kube-version", "1.36.3",
+                           "--set", bad], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert field in proc.stderr
+
+
+@pytest.mark.cluster
 @pytest.mark.parametrize("sets", [(), ("watchNamespaces={team-a,team-b}", "metrics.serviceMonitor.enabled=false")])
 def test_rendered_chart_passes_server_side_dry_run(local_cluster, installed_crds, k8s_namespace, sets):
     docs = _template(local_cluster, f"r{uuid.uuid4().hex[:6]}", k8s_namespace, *sets)
