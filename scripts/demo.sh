@@ -5,4 +5,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ICLORA_VENV:-$HOME/.cache/masked-iclora/venv}"
 cd "$ROOT"
+export PATH="$VENV/bin:$PATH"
 exec "$VENV/bin/iclora" demo "$@"

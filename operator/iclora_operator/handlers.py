@@ -123,12 +123,12 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
     """Where this run writes, the operator's credentials for it, and the pods' Secret name."""
     ns, name, uid = body.metadata.namespace, body.metadata.name, body.metadata.uid
     cfg = memo.settings.store
+    default_creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
+                                cfg.secret_key.get_secret_value(), cfg.region)
     output = spec.output if spec is not None else None
     if output is None:
-        creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
-                            cfg.secret_key.get_secret_value(), cfg.region)
         loc = StoreLocation(cfg.endpoint, cfg.bucket, run_prefix(cfg.prefix, ns, name, uid), cfg.region)
-        return loc, creds, f"{name}-store"
+        return loc, default_creds, f"{name}-store"
     bucket, _, prefix = output.url.removeprefix("s3://").partition("/")
     secret_name = output.credentials_secret_ref.name if output.credentials_secret_ref else f"{name}-store"
     data = memo.kube.secret_data(ns, secret_name) if output.credentials_secret_ref else None
@@ -140,9 +140,7 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
         creds = Credentials(endpoint, data.get("AWS_ACCESS_KEY_ID", ""), data.get("AWS_SECRET_ACCESS_KEY", ""),
                             region)
     else:
-        endpoint, region = cfg.endpoint, cfg.region
-        creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
-                            cfg.secret_key.get_secret_value(), cfg.region)
+        endpoint, region, creds = cfg.endpoint, cfg.region, default_creds
     loc = StoreLocation(endpoint, bucket, run_prefix(prefix, ns, name, uid), region)
     return loc, creds, secret_name
 
@@ -188,7 +186,7 @@ def _slot_available(memo: Memo, namespace: str, name: str, created: str, jobs: k
 
 
 def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
-            trainings: kopf.Index) -> tuple[Observed, RunContext | None, Credentials | None]:
+            trainings: kopf.Index) -> tuple[Observed, RunContext | None]:
     meta = body.metadata
     ns, name, uid = meta.namespace, meta.name, meta.uid
     status = dict(body.get("status") or {})
@@ -197,7 +195,7 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
     try:
         spec = validate_spec(dict(body.get("spec") or {}))
     except SpecInvalid as exc:
-        return replace(base, spec_errors=tuple(exc.errors)), None, None
+        return replace(base, spec_errors=tuple(exc.errors)), None
     profile_name = spec.profile_ref.name if spec.profile_ref else memo.settings.default_profile
     raw_profile = _first(profiles, profile_name)
     profile: TrainingProfileSpec | None = None
@@ -208,11 +206,11 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
             raise kopf.TemporaryError(f"TrainingProfile {profile_name} is invalid: {exc}", delay=60) from exc
     obs = replace(base, spec=spec, profile_name=profile_name, profile=profile)
     if profile is None:
-        return obs, None, None
+        return obs, None
     try:
         loc, creds, secret = _store_for(memo, body, spec)
     except SecretMissing as exc:
-        return replace(obs, blocked=str(exc)), None, None
+        return replace(obs, blocked=str(exc)), None
     labels = dict(meta.labels or {})
     kueue = bool(memo.settings.kueue_enabled and labels.get(KUEUE_QUEUE_LABEL))
     ctx = RunContext(
@@ -221,7 +219,7 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
         allow_private_dataset_hosts=memo.settings.allow_private_dataset_hosts, kueue_enabled=kueue,
     )
     if status.get("phase") in TERMINAL_PHASES:
-        return obs, ctx, creds
+        return obs, ctx
     store = memo.store(creds)
     preflight_job = _job(memo, jobs, ns, ctx.names.preflight, uid)
     training_job = _job(memo, jobs, ns, ctx.names.training, uid)
@@ -249,7 +247,7 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
     obs = replace(obs, preflight_job=preflight_job, training_job=training_job, preflight_report=report,
                   progress=progress, result=result, artifacts_verified=verified, slot_available=slot,
                   kueue_managed=kueue)
-    return obs, ctx, creds
+    return obs, ctx
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -291,7 +289,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.
     now = datetime.now(UTC)
     ns = body.metadata.namespace
     try:
-        obs, ctx, _ = observe(memo, body, iclora_jobs, iclora_profiles, iclora_trainings)
+        obs, ctx = observe(memo, body, iclora_jobs, iclora_profiles, iclora_trainings)
     except ObjectStoreUnavailable as exc:
         memo.metrics.reconciles.labels("store-unavailable").inc()
         raise kopf.TemporaryError(f"object store unavailable: {exc}", delay=10) from exc
@@ -301,6 +299,11 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.
         try:
             if lock:
                 lock.acquire()
+                # The index may not show a Job another thread created a moment ago: under the
+                # namespace's lock, count running training Jobs from the API before adding one.
+                limit = memo.settings.concurrency_per_namespace
+                if limit and not obs.kueue_managed and memo.kube.running_trainings(ns, ctx.name) >= limit:
+                    plan = decide(replace(obs, slot_available=False), now, memo.settings.stale_progress_seconds)
             _act(memo, plan, ctx)
         except ChildConflict as exc:
             conflict = JobState(name=exc.name, owned=False)

@@ -15,8 +15,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 
 def test_demo_trains_bills_and_downloads_artifacts(run_iclora, tmp_path):
     out = tmp_path / "artifacts"
+    # As `make demo` runs it: the venv's scripts need not be on PATH for the pods' `iclora`.
     result = run_iclora("demo", "--output", str(out), "--state-dir", str(tmp_path / "cluster"), "--triplets", "5",
-                        timeout=900)
+                        env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "phase: Succeeded" in result.stdout
     assert "billingUnits: 100" in result.stdout

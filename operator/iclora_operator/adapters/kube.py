@@ -10,7 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from iclora_operator.reconcile.observed import JobState
-from iclora_operator.render import LABEL_UID
+from iclora_operator.render import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING, LABEL_UID, MANAGED_BY
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,17 @@ class Kube:
                 if latest is None or (term.finished_at and latest[0] and term.finished_at > latest[0]):
                     latest = (term.finished_at, term.exit_code, term.message)
         return (latest[1], latest[2]) if latest else (None, None)
+
+    def running_trainings(self, namespace: str, except_training: str) -> int:
+        """Training Jobs of other trainings in the namespace that are neither finished nor suspended."""
+        selector = (f"{LABEL_COMPONENT}=training,{LABEL_MANAGED_BY}={MANAGED_BY},"
+                    f"{LABEL_TRAINING}!={except_training}")
+        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector).items
+        running = 0
+        for job in jobs:
+            state = job_state(self.api.sanitize_for_serialization(job), "")
+            running += not (state.complete or state.failed or state.suspended)
+        return running
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         secret = self.read("Secret", namespace, name)

@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -270,6 +271,10 @@ class PodExecution:
     ) -> tuple[dict[str, str], dict[str, str]]:
         """The process environment, and the variables the container itself defines."""
         env = {k: v for k, v in os.environ.items() if k not in _ENV_STRIP}
+        # The "image" is this Python environment: its scripts (iclora, python) come first on
+        # PATH even when the runner was started without activating the venv.
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)])
         env.update(PYTHONUNBUFFERED="1", HOSTNAME=self.name, **extra)
         own: dict[str, str] = {}
         core = self.runner.core
