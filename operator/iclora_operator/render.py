@@ -167,6 +167,8 @@ def _common_env(ctx: RunContext) -> list[dict[str, Any]]:
         {"name": "HOME", "value": SCRATCH},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *_secret_env(ctx.store_secret),
+        # Both Jobs fetch URLs the user named (dataset, validation media): same SSRF policy.
+        *([{"name": "ICLORA_ALLOW_PRIVATE_NETWORKS", "value": "1"}] if ctx.allow_private_dataset_hosts else []),
     ]
 
 
@@ -273,8 +275,6 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
     """CPU Job: fetch, extract, check and fit the dataset; never holds a GPU."""
     res = ctx.profile.preflight_resources
     env = _common_env(ctx) + _dataset_env(ctx)
-    if ctx.allow_private_dataset_hosts:
-        env.append({"name": "ICLORA_ALLOW_PRIVATE_NETWORKS", "value": "1"})
     args = [
         "dataset", "preflight",
         "--spec", f"env:{SPEC_ENV}",

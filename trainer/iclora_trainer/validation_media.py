@@ -16,22 +16,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
 def fetch(url: str, directory: Path) -> Path:
-    """A local file for `url`: http(s) and s3:// are downloaded, anything else is a local path."""
-    if url.startswith("s3://"):
-        from iclora_trainer.storage import S3Store
+    """A local file for `url`: the user names these URLs, so they go through the same guarded
+    fetcher as the dataset (SSRF guard, timeouts, size limit); local paths are used as they are."""
+    from urllib.parse import urlsplit
 
-        bucket_uri, _, key = url[len("s3://") :].partition("/")
-        local = directory / Path(key).name
-        S3Store(f"s3://{bucket_uri}").get_file(key, local)
-        return local
-    if url.startswith(("http://", "https://")):
-        import urllib.request
+    from iclora_trainer.dataset.fetch import fetch_dataset
 
-        local = directory / (Path(url.split("?", 1)[0]).name or "media")
-        directory.mkdir(parents=True, exist_ok=True)
-        urllib.request.urlretrieve(url, local)  # the spec only allows http(s)/s3 URLs
-        return local
-    return Path(url.removeprefix("file://"))
+    name = Path(urlsplit(url).path).name or "media"
+    return fetch_dataset(url, directory / name)
 
 
 def read_frames(path: Path) -> tuple[np.ndarray, float | None]:

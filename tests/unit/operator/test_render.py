@@ -185,3 +185,13 @@ def test_trainer_settings_are_valid_for_the_trainer():
     assert settings.zero_stage == 1
     assert settings.model_path == "/m/ltx.safetensors"
     assert env_of(job)["ICLORA_WORK_DIR"]["value"] == "/scratch/work"
+
+
+def test_private_network_allowance_reaches_both_jobs_only_when_set():
+    from dataclasses import replace
+
+    allowed = replace(ctx(), allow_private_dataset_hosts=True)
+    for job in (render_preflight_job(allowed), render_training_job(allowed, suspend=False)):
+        assert env_of(job)["ICLORA_ALLOW_PRIVATE_NETWORKS"]["value"] == "1"
+    for job in (render_preflight_job(ctx()), render_training_job(ctx(), suspend=False)):
+        assert "ICLORA_ALLOW_PRIVATE_NETWORKS" not in env_of(job)
