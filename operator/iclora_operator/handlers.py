@@ -49,6 +49,7 @@ from iclora_trainer.contract import (
     Progress,
     Result,
     run_prefix,
+    split_s3_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
     if output is None:
         loc = StoreLocation(cfg.endpoint, cfg.bucket, run_prefix(cfg.prefix, ns, name, uid), cfg.region)
         return loc, default_creds, f"{name}-store"
-    bucket, _, prefix = output.url.removeprefix("s3://").partition("/")
+    bucket, prefix = split_s3_uri(output.url)
     secret_name = output.credentials_secret_ref.name if output.credentials_secret_ref else f"{name}-store"
     data = memo.kube.secret_data(ns, secret_name) if output.credentials_secret_ref else None
     if output.credentials_secret_ref and data is None:

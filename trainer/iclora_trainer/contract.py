@@ -95,6 +95,15 @@ class PreflightResult(_Model):
     prepared: str | None = Field(default=None, description="URI of the prepared dataset folder.")
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3://bucket/key URI; the key may be empty (a bucket root or prefix)."""
+    rest = uri.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    if rest == uri or not bucket:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return bucket, key.lstrip("/")
+
+
 def run_prefix(prefix: str, namespace: str, name: str, uid: str) -> str:
     """Object-key prefix of one run (no leading or trailing slash)."""
     parts = [p.strip("/") for p in (prefix, namespace, name, uid) if p.strip("/")]

@@ -12,6 +12,8 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from iclora_trainer.contract import split_s3_uri
+
 log = logging.getLogger(__name__)
 
 
@@ -25,13 +27,6 @@ class Credentials:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    return parts.netloc, parts.path.lstrip("/")
 
 
 def client_for(creds: Credentials) -> Minio:

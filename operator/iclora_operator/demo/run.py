@@ -90,7 +90,9 @@ def _follow(custom: Any, timeout: float) -> dict[str, Any]:
 
 
 def _download(s3: Any, uri: str, folder: Path) -> Path:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    from iclora_trainer.contract import split_s3_uri
+
+    bucket, key = split_s3_uri(uri)
     target = folder / Path(key).name
     s3.client().fget_object(bucket, key, str(target))
     return target

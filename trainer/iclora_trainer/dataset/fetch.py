@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from iclora_trainer.contract import split_s3_uri
 from iclora_trainer.errors import DatasetDownloadError
 
 ALLOW_PRIVATE_ENV = "ICLORA_ALLOW_PRIVATE_NETWORKS"
@@ -143,7 +144,7 @@ def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Pa
     endpoint = var("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
     check_host(endpoint, policy)
     ep = urlsplit(endpoint)
-    bucket, _, key = url.removeprefix("s3://").partition("/")
+    bucket, key = split_s3_uri(url)
     client = Minio(ep.netloc, access_key=var("AWS_ACCESS_KEY_ID"), secret_key=var("AWS_SECRET_ACCESS_KEY"),
                    secure=ep.scheme == "https", region=var("AWS_REGION"))
     try:

@@ -56,20 +56,24 @@ def load_transformer(path: str | Path, device: torch.device, dtype: torch.dtype)
 
 def load_video_encoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The causal video VAE encoder (returns normalised latent means)."""
-    from ltx_core.loader.single_gpu_model_builder import SingleGPUModelBuilder
     from ltx_core.model.video_vae.model_configurator import (
         VAE_ENCODER_COMFY_KEYS_FILTER,
         VideoEncoderConfigurator,
     )
 
+    return _load_vae_part(path, VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "video VAE encoder",
+                          device, dtype)
+
+
+def _load_vae_part(path: str | Path, configurator: object, sd_ops: object, what: str, device: torch.device,
+                   dtype: torch.dtype) -> torch.nn.Module:
+    """One half of the video VAE through ltx-core's builder, as real checkpoints are loaded."""
+    from ltx_core.loader.single_gpu_model_builder import SingleGPUModelBuilder
+
     read_model_config(path)
-    builder = SingleGPUModelBuilder(
-        model_class_configurator=VideoEncoderConfigurator,
-        model_path=str(path),
-        model_sd_ops=VAE_ENCODER_COMFY_KEYS_FILTER,
-    )
+    builder = SingleGPUModelBuilder(model_class_configurator=configurator, model_path=str(path), model_sd_ops=sd_ops)
     model = builder.build(device=device, dtype=dtype)
-    _check_materialised(model, "video VAE encoder")
+    _check_materialised(model, what)
     return model.eval()
 
 
@@ -84,18 +88,10 @@ def _check_materialised(model: torch.nn.Module, what: str) -> None:
 
 def load_video_decoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The video VAE decoder (takes normalised latents, returns pixels in [-1, 1])."""
-    from ltx_core.loader.single_gpu_model_builder import SingleGPUModelBuilder
     from ltx_core.model.video_vae.model_configurator import (
         VAE_DECODER_COMFY_KEYS_FILTER,
         VideoDecoderConfigurator,
     )
 
-    read_model_config(path)
-    builder = SingleGPUModelBuilder(
-        model_class_configurator=VideoDecoderConfigurator,
-        model_path=str(path),
-        model_sd_ops=VAE_DECODER_COMFY_KEYS_FILTER,
-    )
-    model = builder.build(device=device, dtype=dtype)
-    _check_materialised(model, "video VAE decoder")
-    return model.eval()
+    return _load_vae_part(path, VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "video VAE decoder",
+                          device, dtype)
