@@ -2,12 +2,19 @@
 
 Full-size LTX-2.3 video transformer (configurator defaults + the 22B caption layout,
 or `--config-json` with a checkpoint's `config` metadata), random bf16 weights built
-on the device (meta init, then materialised: no checkpoint needed), PEFT LoRA rank 32,
-target plus same-size reference. Both rows come from the same run.
+on the device (meta init, then materialised: no checkpoint needed), LoRA rank 32,
+target plus same-size reference. Every row comes from the same run.
 
-    python bench/train_step_gpu.py                          # H100, both shapes, both rows
-    python bench/train_step_gpu.py --checkpointing every:2 --sdpa flash --compile
-    python bench/train_step_gpu.py --tiny --device cpu      # CPU smoke test (one step each)
+`ours` is the product's step: `prepare_for_training` (LoRA, fp32 adapters, the speed
+levers of TrainerSettings), the engine the trainer builds (DeepSpeed on a GPU) and
+`MaskedICLoraStrategy`. Each `--variant` adds an `ours` row with other settings.
+`anchor` is ltx-core's transformer + PEFT LoRA, gradient checkpointing on every
+block, a plain AdamW step.
+
+    python bench/train_step_gpu.py                                  # both shapes, ours + anchor
+    python bench/train_step_gpu.py --variant activation_checkpointing=blocks:24 \
+        --variant activation_checkpointing=none,fp8_base=true --validation
+    python bench/train_step_gpu.py --tiny --device cpu --variant compile_blocks=true   # CPU smoke test
 
 Never a CI test. Writes bench/results/train_step_<device>_<time>.json.
 """
@@ -15,8 +22,6 @@ Never a CI test. Writes bench/results/train_step_<device>_<time>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import math
 import statistics
@@ -52,6 +57,7 @@ class Row:
     tflops_per_step: float
     mfu: float
     steps: int
+    settings: dict[str, Any]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,15 +69,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="Measured steps (median).")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--sdpa", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto")
-    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (ours).")
-    p.add_argument("--checkpointing", default="all", help="ours: all | none | every:N (checkpoint every Nth block).")
-    p.add_argument("--fp8", action="store_true", help="torchao float8 matmuls for the frozen base (ours).")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="Extra `ours` row: TrainerSettings overrides, e.g. activation_checkpointing=every:2,fp8_base=true.",
+    )
     p.add_argument("--reference-downscale", type=int, default=1, help="Reference at 1/d resolution (ours).")
     p.add_argument("--skip-anchor", action="store_true")
+    p.add_argument("--validation", action="store_true", help="Also time the validation sampler (per entry).")
+    p.add_argument("--validation-shapes", default="", help="WxHxF of the sampler timing (default: --shapes).")
+    p.add_argument("--validation-timed-steps", type=int, default=4, help="Euler steps timed (cost is linear).")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="Dense bf16 peak (H100 SXM: 989).")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     return p.parse_args(argv)
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """`k=v,k=v` -> validated TrainerSettings overrides (lists as a|b)."""
+    from iclora_trainer.config import TrainerSettings
+
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        field = TrainerSettings.model_fields.get(key)
+        if field is None:
+            raise SystemExit(f"--variant: unknown setting {key!r}")
+        out[key] = value.split("|") if "list" in str(field.annotation) else value
+    TrainerSettings.model_validate(out)
+    return out
 
 
 def full_config() -> dict[str, Any]:
@@ -130,53 +156,6 @@ def build_model(config: dict[str, Any], device: torch.device, dtype: torch.dtype
     return model
 
 
-class _Checkpointed(torch.nn.Module):
-    """Activation checkpointing of one block (selective checkpointing: only some blocks)."""
-
-    def __init__(self, block: torch.nn.Module) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, video: Any = None, audio: Any = None, perturbations: Any = None) -> Any:
-        return torch.utils.checkpoint.checkpoint(self.block, video, audio, perturbations, use_reentrant=False)
-
-
-def apply_levers(model: torch.nn.Module, args: argparse.Namespace) -> None:
-    blocks = model.transformer_blocks
-    if args.fp8:
-        from torchao.float8 import convert_to_float8_training  # type: ignore[import-not-found]
-
-        # Only the frozen base linears (PEFT's lora_A/lora_B stay bf16).
-        convert_to_float8_training(model, module_filter_fn=lambda m, n: "lora_" not in n and "base_layer" in n)
-    if args.compile:
-        for i in range(len(blocks)):
-            blocks[i] = torch.compile(blocks[i])
-    mode = args.checkpointing
-    if mode == "all":
-        model.set_gradient_checkpointing(True)
-    elif mode.startswith("every:"):
-        every = int(mode.split(":", 1)[1])
-        for i in range(len(blocks)):
-            if i % every == 0:
-                blocks[i] = _Checkpointed(blocks[i])
-    elif mode != "none":
-        raise SystemExit(f"unknown --checkpointing {mode}")
-
-
-def sdpa_context(name: str) -> contextlib.AbstractContextManager:
-    if name == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }[name]
-    return sdpa_kernel([backend])
-
-
 def step_flops(model: torch.nn.Module, n_tokens: int, n_context: int) -> float:
     """Model FLOPs of forward + backward (3x forward, recomputation not counted)."""
     fwd = 0.0
@@ -216,11 +195,11 @@ def make_batch(shape: str, args: argparse.Namespace, config: dict, device: torch
     )
 
 
-def ours_step(model, batch, strategy, dtype):
+def ours_loss(module, batch, strategy, dtype):
     noise = torch.randn_like(batch.target)
     sigma = torch.full((batch.target.shape[0],), 0.7, device=batch.target.device)
     inputs = strategy.prepare_inputs(batch, noise, sigma)
-    prediction = strategy.forward(model, inputs, batch, dtype)
+    prediction = strategy.forward(module, inputs, batch, dtype)
     return strategy.compute_loss(prediction, inputs).mean()
 
 
@@ -253,32 +232,27 @@ def anchor_step(model, batch, fps, dtype):
     return (pred[:, :n_t].float() - (noise - x0).float()).pow(2).mean()
 
 
-def measure(name, shape, model, run_step, batch, args, device) -> Row:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+def measure(name, shape, model, step, batch, args, device, settings=None) -> Row:
     n_tokens = math.prod(batch.target.shape[2:]) + math.prod(batch.reference.shape[2:])
     flops = step_flops(model, n_tokens, batch.context.shape[1])
     cuda = device.type == "cuda"
     if cuda:
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     warmup, steps = (0, 1) if args.tiny else (args.warmup, args.steps)
     times = []
-    with sdpa_context(args.sdpa):
-        for i in range(warmup + steps):
-            if cuda:
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            loss = run_step()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+    for i in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
     sps = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
-    return Row(
+    row = Row(
         name=name,
         shape=shape,
         tokens=n_tokens,
@@ -288,53 +262,160 @@ def measure(name, shape, model, run_step, batch, args, device) -> Row:
         tflops_per_step=flops / 1e12,
         mfu=flops / sps / (args.peak_tflops * 1e12),
         steps=len(times),
+        settings=settings or {},
     )
+    print(f"{row.name:48s} {row.shape:12s} {row.s_per_step:.3f} s/step  {row.peak_gib:.1f} GiB  "
+          f"MFU {100 * row.mfu:.1f}%", flush=True)
+    return row
+
+
+def init_distributed(device: torch.device) -> None:
+    """A one-rank process group, as `iclora train` sets up before building the DeepSpeed engine."""
+    import os
+
+    if torch.distributed.is_initialized():
+        return
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row], torch.nn.Module | None]:
+    """One `ours` row: the trainer's model preparation, engine and strategy with these settings."""
+    from iclora_trainer.config import TrainerSettings
+    from iclora_trainer.engine import build_engine
+    from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
+    from iclora_trainer.strategy import MaskedICLoraStrategy
+
+    base = {"device": device.type, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "warmup_steps": 0}
+    settings = TrainerSettings.model_validate({**base, **overrides})
+    if settings.engine != "torch" and (device.type == "cuda" or settings.engine == "deepspeed"):
+        init_distributed(device)
+    batch = make_batch(shape, args, config, device)
+    model = prepare_for_training(build_model(config, device, dtype), args.rank, settings, device)
+    engine = build_engine(model, settings, 1e-4, 1000, device, dtype, distributed=False)
+    strategy = MaskedICLoraStrategy(fps=24.0, reference_downscale_factor=args.reference_downscale)
+
+    def step() -> None:
+        engine.step(ours_loss(engine.module, batch, strategy, dtype))
+
+    label = "ours" + (f"[{','.join(f'{k}={v}' for k, v in overrides.items())}]" if overrides else "")
+    if args.reference_downscale != 1:
+        label += f"[ref/{args.reference_downscale}]"
+    with attention_backends(settings.attention_backends):
+        row = measure(label, shape, model, step, batch, args, device, settings.model_dump(exclude_defaults=True))
+    return [row], model
+
+
+def anchor_row(shape, config, args, device, dtype) -> Row:
+    from iclora_trainer.lora_io import apply_lora
+
+    batch = make_batch(shape, argparse.Namespace(**{**vars(args), "reference_downscale": 1}), config, device)
+    model = build_model(config, device, dtype)
+    apply_lora(model, args.rank, float(args.rank))
+    model.set_gradient_checkpointing(True)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        anchor_step(model, batch, 24.0, dtype).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return measure("anchor", shape, model, step, batch, args, device)
+
+
+def validation_cost(model, shape, config, args, device, dtype) -> dict[str, Any]:
+    """Seconds of the validation sampler per entry (default guidance: CFG + STG, batched passes)."""
+    import numpy as np
+
+    from iclora_trainer.config import TrainerSettings
+    from iclora_trainer.validation import GuidanceConfig, PreparedEntry, sample_latent
+
+    channels = config["transformer"].get("in_channels", 128)
+    dim = config["transformer"].get("cross_attention_dim", 4096)
+    tshape, rshape = latent_shapes(shape, args.reference_downscale, channels)
+    n_ctx = 32 if args.tiny else CONTEXT_TOKENS
+    mask = torch.zeros(tshape[2:], dtype=torch.bool)
+    mask[..., tshape[-1] // 2 :] = True
+    empty = np.zeros((1, 1, 1, 3), np.uint8)
+    entry = PreparedEntry(
+        prompt="bench",
+        source=empty,
+        mask=np.zeros((1, 1, 1), bool),
+        reference=empty,
+        source_latent=torch.randn(tshape[1:]),
+        reference_latent=torch.randn(rshape[1:]),
+        latent_mask=mask,
+        context=torch.randn(n_ctx, dim),
+        context_mask=torch.ones(n_ctx, dtype=torch.long),
+        negative_context=torch.randn(n_ctx, dim),
+        negative_context_mask=torch.ones(n_ctx, dtype=torch.long),
+    )
+    default_steps = TrainerSettings().validation_steps
+    model.eval()
+    timed = 1 if args.tiny else args.validation_timed_steps
+    sample_latent(model, entry, GuidanceConfig(steps=1), 24.0, device, dtype, args.reference_downscale)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    sample_latent(model, entry, GuidanceConfig(steps=timed), 24.0, device, dtype, args.reference_downscale)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    per_step = (time.perf_counter() - t0) / timed
+    model.train()
+    result = {
+        "shape": shape,
+        "s_per_euler_step": per_step,
+        "euler_steps": default_steps,
+        "s_per_entry": per_step * default_steps,
+        "passes_per_step": 3,
+        "note": "transformer sampling only (VAE encode/decode and media I/O excluded)",
+    }
+    print(f"validation {shape:12s} {per_step:.2f} s/Euler step -> {per_step * default_steps:.0f} s per entry "
+          f"({default_steps} steps, CFG+STG)", flush=True)
+    return result
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from iclora_trainer.lora_io import apply_lora
-    from iclora_trainer.strategy import MaskedICLoraStrategy
-
     device = torch.device(args.device)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     config = model_config(args)
-    fps = 24.0
+    variants = [{}] + [parse_variant(v) for v in args.variant]
     rows: list[Row] = []
+    validation: list[dict[str, Any]] = []
+    val_shapes = [s for s in args.validation_shapes.split(",") if s]
     for shape in args.shapes.split(","):
-        batch = make_batch(shape, args, config, device)
-        model = build_model(config, device, dtype)
-        apply_lora(model, args.rank, float(args.rank))
-        apply_levers(model, args)
-        model.train()
-        strategy = MaskedICLoraStrategy(fps=fps, reference_downscale_factor=args.reference_downscale)
-        rows.append(
-            measure(
-                "ours", shape, model, functools.partial(ours_step, model, batch, strategy, dtype), batch, args, device
-            )
-        )
-        del model
-        if not args.skip_anchor:
-            anchor_batch = make_batch(
-                shape, argparse.Namespace(**{**vars(args), "reference_downscale": 1}), config, device
-            )
-            model = build_model(config, device, dtype)
-            apply_lora(model, args.rank, float(args.rank))
-            model.set_gradient_checkpointing(True)
-            model.train()
-            rows.append(
-                measure(
-                    "anchor",
-                    shape,
-                    model,
-                    functools.partial(anchor_step, model, anchor_batch, fps, dtype),
-                    anchor_batch,
-                    args,
-                    device,
-                )
-            )
+        for i, overrides in enumerate(variants):
+            new_rows, model = ours_rows(shape, overrides, config, args, device, dtype)
+            rows += new_rows
+            if i == 0 and args.validation and not val_shapes:
+                validation.append(validation_cost(model, shape, config, args, device, dtype))
             del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if not args.skip_anchor:
+            rows.append(anchor_row(shape, config, args, device, dtype))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if args.validation and val_shapes:
+        from iclora_trainer.lora_io import apply_lora
+
+        model = apply_lora(build_model(config, device, dtype), args.rank, float(args.rank))
+        for shape in val_shapes:
+            validation.append(validation_cost(model, shape, config, args, device, dtype))
+        del model
+    fractions = []
+    for v in validation:
+        ours = next((r for r in rows if r.name == "ours" and r.shape == v["shape"]), None)
+        if ours:
+            # Two entries (the spec's maximum) rendered once at the end of a 3000-step run.
+            fractions.append({"shape": v["shape"], "two_entries_over_3000_steps":
+                              2 * v["s_per_entry"] / (3000 * ours.s_per_step)})
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -342,17 +423,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "args": vars(args),
         "rows": [asdict(r) for r in rows],
+        "validation": validation,
+        "validation_fraction": fractions,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
-    for r in report["rows"]:
-        print(
-            f"{r['name']:7s} {r['shape']:12s} {r['s_per_step']:.3f} s/step  {r['tokens_per_s']:.0f} tok/s  "
-            f"{r['peak_gib']:.1f} GiB  MFU {100 * r['mfu']:.1f}%"
-        )
+    for shape in args.shapes.split(","):
+        anchor = next((r for r in report["rows"] if r["name"] == "anchor" and r["shape"] == shape), None)
+        for r in (r for r in report["rows"] if r["shape"] == shape):
+            ratio = f"  {anchor['s_per_step'] / r['s_per_step']:.2f}x anchor" if anchor else ""
+            print(
+                f"{r['name']:48s} {shape:12s} {r['s_per_step']:.3f} s/step  {r['tokens_per_s']:.0f} tok/s  "
+                f"{r['peak_gib']:.1f} GiB  MFU {100 * r['mfu']:.1f}%{ratio}"
+            )
+    for f in report["validation_fraction"]:
+        print(f"validation at {f['shape']}: 2 entries = {100 * f['two_entries_over_3000_steps']:.1f}% of 3000 steps")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "tiny" if args.tiny else report["device"].replace(" ", "-")

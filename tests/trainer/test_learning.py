@@ -33,7 +33,7 @@ def _run(tmp_path, tiny_checkpoint, shuffle: bool):
         steps=STEPS,
         checkpoint_interval=10**6,
         progress_interval=100,
-        gradient_checkpointing=False,
+        activation_checkpointing="none",
     )
     outcome = train(
         make_plan(STEPS, rank=RANK, lr=LR), settings, ds, LocalStore(tmp_path / f"o-{shuffle}"), SINGLE

@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "ICLORA_"
+# Activation checkpointing per transformer block (see iclora_trainer.model.acceleration).
+CHECKPOINTING_PATTERN = r"^(all|none|every:[1-9][0-9]*|blocks:[0-9]+)$"
+SdpaBackend = Literal["flash", "cudnn", "efficient", "math"]
 
 
 class TrainerSettings(BaseModel):
@@ -46,7 +49,18 @@ class TrainerSettings(BaseModel):
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
-    gradient_checkpointing: bool = True
+    activation_checkpointing: str = Field(
+        default="all",
+        pattern=CHECKPOINTING_PATTERN,
+        description="Blocks recomputed in backward: all | none | every:N | blocks:K (the first K).",
+    )
+    attention_backends: list[SdpaBackend] = Field(
+        default_factory=list, description="SDPA backends allowed, in priority order (empty: PyTorch chooses)."
+    )
+    compile_blocks: bool = Field(default=False, description="torch.compile every transformer block.")
+    fp8_base: bool = Field(
+        default=False, description="FP8 matmuls (torchao) for the frozen base linears; GPUs of capability 8.9+."
+    )
     sigma_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
     reference_downscale_factor: int = Field(
         default=1, ge=1, description="Reference encoded at 1/d resolution."

@@ -15,6 +15,9 @@ from typing import Protocol
 
 import torch
 
+from iclora_trainer.config import TrainerSettings
+from iclora_trainer.errors import ModelConfigError
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -53,11 +56,11 @@ class Engine(Protocol):
     device: torch.device
     module: torch.nn.Module
 
-    def step(self, loss: torch.Tensor) -> float: ...
+    def step(self, loss: torch.Tensor) -> None: ...
     def lr(self) -> float: ...
     def save(self, directory: Path) -> None: ...
     def load(self, directory: Path) -> None: ...
-    def mean(self, value: float) -> float: ...
+    def mean_losses(self, losses: torch.Tensor) -> list[float]: ...
     def barrier(self) -> None: ...
     def close(self) -> None: ...
 
@@ -76,13 +79,13 @@ class TorchEngine:
         self.optimizer = _optimizer(self.params, cfg)
         self.scheduler = _scheduler(self.optimizer, cfg)
 
-    def step(self, loss: torch.Tensor) -> float:
+    def step(self, loss: torch.Tensor) -> None:
+        # No float() of the loss or the norm here: a host sync per step stalls the GPU queue.
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
 
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
@@ -99,8 +102,8 @@ class TorchEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
-    def mean(self, value: float) -> float:
-        return value
+    def mean_losses(self, losses: torch.Tensor) -> list[float]:
+        return [float(v) for v in losses.float().cpu()]
 
     def barrier(self) -> None:
         return None
@@ -150,11 +153,9 @@ class DeepSpeedEngine:
         self.rank = int(torch.distributed.get_rank())
         self.world_size = int(torch.distributed.get_world_size())
 
-    def step(self, loss: torch.Tensor) -> float:
+    def step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
@@ -168,13 +169,43 @@ class DeepSpeedEngine:
     def load(self, directory: Path) -> None:
         self.engine.load_checkpoint(str(directory), tag="engine", load_module_strict=False)
 
-    def mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+    def mean_losses(self, losses: torch.Tensor) -> list[float]:
+        """Per-step losses averaged over the ranks (one all-reduce for the whole interval)."""
+        t = losses.to(device=self.device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return [float(v) / self.world_size for v in t.cpu()]
 
     def barrier(self) -> None:
         torch.distributed.barrier()
 
     def close(self) -> None:
         return None
+
+
+def build_engine(
+    model: torch.nn.Module,
+    settings: TrainerSettings,
+    lr: float,
+    steps: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    distributed: bool,
+) -> Engine:
+    """The engine the settings ask for: DeepSpeed for several ranks or a GPU (engine auto), else torch."""
+    cfg = OptimConfig(
+        lr=lr,
+        steps=steps,
+        warmup=settings.resolved_warmup(steps),
+        schedule=settings.lr_schedule,
+        min_lr_ratio=settings.min_lr_ratio,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+    )
+    use_ds = settings.engine == "deepspeed" or (settings.engine == "auto" and (distributed or device.type == "cuda"))
+    if use_ds:
+        return DeepSpeedEngine(
+            model, cfg, device, settings.zero_stage, settings.batch_size, bf16=dtype == torch.bfloat16
+        )
+    if distributed:
+        raise ModelConfigError("engine 'torch' is single-process; use 'deepspeed' with several ranks")
+    return TorchEngine(model, cfg, device)

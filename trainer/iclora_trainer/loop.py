@@ -24,9 +24,10 @@ from iclora_trainer.contract import (
 )
 from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
 from iclora_trainer.distributed import DistEnv
-from iclora_trainer.engine import DeepSpeedEngine, Engine, OptimConfig, TorchEngine
+from iclora_trainer.engine import build_engine
 from iclora_trainer.errors import ModelConfigError
-from iclora_trainer.lora_io import TRAINING_TYPE, apply_lora, export_lora, save_lora
+from iclora_trainer.lora_io import TRAINING_TYPE, export_lora, save_lora
+from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
 from iclora_trainer.reporting import Reporter
 from iclora_trainer.storage import Store
 from iclora_trainer.strategy import MaskedICLoraStrategy
@@ -92,36 +93,6 @@ def sample_noise(
     return torch.stack(noises), torch.cat(sigmas)
 
 
-def build_engine(
-    model: torch.nn.Module,
-    settings: TrainerSettings,
-    plan: TrainingPlan,
-    steps: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    dist: DistEnv,
-) -> Engine:
-    cfg = OptimConfig(
-        lr=plan.learning_rate,
-        steps=steps,
-        warmup=settings.resolved_warmup(steps),
-        schedule=settings.lr_schedule,
-        min_lr_ratio=settings.min_lr_ratio,
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-    )
-    use_ds = settings.engine == "deepspeed" or (
-        settings.engine == "auto" and (dist.distributed or device.type == "cuda")
-    )
-    if use_ds:
-        return DeepSpeedEngine(
-            model, cfg, device, settings.zero_stage, settings.batch_size, bf16=dtype == torch.bfloat16
-        )
-    if dist.distributed:
-        raise ModelConfigError("engine 'torch' is single-process; use 'deepspeed' with several ranks")
-    return TorchEngine(model, cfg, device)
-
-
 def load_and_precompute(
     dataset_dir: Path, settings: TrainerSettings, device: torch.device, dtype: torch.dtype
 ) -> tuple[PrecomputedDataset, dict[str, Any]]:
@@ -184,16 +155,10 @@ def train(
         fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor
     )
 
-    model = load_transformer(settings.model_path or "", device, dtype)
-    if settings.gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
-    apply_lora(model, plan.rank, plan.alpha, seed=settings.seed)
-    # Trainable LoRA weights stay fp32 (bf16 master weights lose small updates).
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    model.train()
-    engine = build_engine(model, settings, plan, steps, device, dtype, dist)
+    model = prepare_for_training(
+        load_transformer(settings.model_path or "", device, dtype), plan.rank, settings, device
+    )
+    engine = build_engine(model, settings, plan.learning_rate, steps, device, dtype, dist.distributed)
 
     global_batch = settings.batch_size * dist.world_size
     fp = fingerprint(
@@ -219,33 +184,45 @@ def train(
     num_tokens = int(data.mask[0].numel())
     loss_value: float | None = None
 
-    for step in range(start, steps):
-        indices = sample_indices(step, len(data), global_batch, settings.seed)
-        slots = range(dist.rank * settings.batch_size, (dist.rank + 1) * settings.batch_size)
-        batch = data.batch([indices[s] for s in slots], device)
-        noise, sigma = sample_noise(step, slots, latent_shape, num_tokens, settings.seed, settings.sigma_std)
-        inputs = strategy.prepare_inputs(batch, noise.to(device), sigma.to(device))
-        prediction = strategy.forward(engine.module, inputs, batch, dtype)
-        loss = strategy.compute_loss(prediction, inputs).mean()
-        engine.step(loss)
-        loss_value = engine.mean(float(loss.detach()))
-        outcome.losses.append(loss_value)
-        done = step + 1
-        reporter.progress(done, loss_value)
-        if done % settings.checkpoint_interval == 0 and done < steps:
-            save_checkpoint(
-                store,
-                work_dir,
-                TrainerState(done, fp, dist.world_size),
-                engine,
-                model,
-                settings.keep_checkpoints,
-                uploader=True,
-            )
-        if validator and settings.validation_interval and done % settings.validation_interval == 0 and done < steps:
-            validator.render(model, store)
-        if stop_after is not None and done >= stop_after and done < steps:
-            return outcome
+    # Step losses stay on the device until a report needs them: one host sync (and one
+    # all-reduce) per progress interval instead of one per step.
+    pending: list[torch.Tensor] = []
+    with attention_backends(settings.attention_backends):
+        for step in range(start, steps):
+            indices = sample_indices(step, len(data), global_batch, settings.seed)
+            slots = range(dist.rank * settings.batch_size, (dist.rank + 1) * settings.batch_size)
+            batch = data.batch([indices[s] for s in slots], device)
+            noise, sigma = sample_noise(step, slots, latent_shape, num_tokens, settings.seed, settings.sigma_std)
+            inputs = strategy.prepare_inputs(batch, noise.to(device), sigma.to(device))
+            prediction = strategy.forward(engine.module, inputs, batch, dtype)
+            loss = strategy.compute_loss(prediction, inputs).mean()
+            engine.step(loss)
+            pending.append(loss.detach())
+            done = step + 1
+            checkpoint_due = done % settings.checkpoint_interval == 0 and done < steps
+            validation_due = bool(
+                validator and settings.validation_interval and done % settings.validation_interval == 0
+            ) and done < steps
+            stopping = stop_after is not None and done >= stop_after and done < steps
+            if done % settings.progress_interval == 0 or done == steps or checkpoint_due or stopping:
+                outcome.losses.extend(engine.mean_losses(torch.stack(pending)))
+                pending.clear()
+                loss_value = outcome.losses[-1]
+                reporter.progress(done, loss_value)
+            if checkpoint_due:
+                save_checkpoint(
+                    store,
+                    work_dir,
+                    TrainerState(done, fp, dist.world_size),
+                    engine,
+                    model,
+                    settings.keep_checkpoints,
+                    uploader=True,
+                )
+            if validator and validation_due:
+                validator.render(model, store)
+            if stopping:
+                return outcome
 
     artifacts = None
     if dist.rank == 0:

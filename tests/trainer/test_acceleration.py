@@ -1,0 +1,154 @@
+"""Speed levers change how the step runs, never what it computes or what it saves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iclora_trainer.config import TrainerSettings
+from iclora_trainer.errors import ModelConfigError
+from iclora_trainer.loop import load_and_precompute
+from iclora_trainer.lora_io import export_lora, lora_parameters
+from iclora_trainer.model.acceleration import (
+    Acceleration,
+    accelerate,
+    attention_backends,
+    checkpointed_blocks,
+    prepare_for_training,
+)
+from iclora_trainer.model.loading import load_transformer
+from iclora_trainer.strategy import MaskedICLoraStrategy
+
+from .conftest import make_settings
+
+pytestmark = pytest.mark.trainer
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("mode", "blocks"),
+    [
+        ("all", {0, 1, 2, 3}),
+        ("none", set()),
+        ("every:2", {0, 2}),
+        ("every:1", {0, 1, 2, 3}),
+        ("blocks:1", {0}),
+        ("blocks:9", {0, 1, 2, 3}),
+        ("blocks:0", set()),
+    ],
+)
+def test_checkpointed_blocks(mode, blocks):
+    assert checkpointed_blocks(mode, 4) == blocks
+
+
+@pytest.mark.parametrize("mode", ["some", "every:0", "every:", "blocks:-1", "ALL"])
+def test_bad_checkpointing_is_rejected_naming_the_setting(mode):
+    with pytest.raises(ModelConfigError, match="activation_checkpointing"):
+        checkpointed_blocks(mode, 4)
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        TrainerSettings(activation_checkpointing=mode)
+
+
+@pytest.fixture(scope="module")
+def step_inputs(tiny_checkpoint, prepared_dataset, tmp_path_factory):
+    settings = make_settings(tiny_checkpoint, tmp_path_factory.mktemp("accel"))
+    data, _ = load_and_precompute(prepared_dataset, settings, CPU, torch.float32)
+    batch = data.batch([0, 1], CPU)
+    strategy = MaskedICLoraStrategy(fps=data.fps)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(batch.target.shape, generator=g)
+    sigma = torch.tensor([0.3, 0.8])
+    return settings, strategy, batch, strategy.prepare_inputs(batch, noise, sigma)
+
+
+def _model(settings: TrainerSettings, **levers) -> torch.nn.Module:
+    model = load_transformer(settings.model_path or "", CPU, torch.float32)
+    model = prepare_for_training(model, 8, settings.model_copy(update=levers), CPU)
+    # B = 0 at init would leave lora_A without gradient: give B a fixed non-zero value.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for name, p in lora_parameters(model).items():
+            if "lora_B" in name:
+                p.copy_(0.01 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _loss_and_grads(model, strategy, batch, inputs):
+    loss = strategy.compute_loss(strategy.forward(model, inputs, batch, torch.float32), inputs).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in lora_parameters(model).items()}
+
+
+def _count_attention_calls(model) -> list[int]:
+    calls = [0] * len(model.transformer_blocks)
+    for i, block in enumerate(model.transformer_blocks):
+        block.attn1.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["none", "every:2", "blocks:1"])
+def test_selective_checkpointing_gives_the_same_step_and_recomputes_only_the_chosen_blocks(step_inputs, mode):
+    settings, strategy, batch, inputs = step_inputs
+    reference = _model(settings, activation_checkpointing="all")
+    ref_loss, ref_grads = _loss_and_grads(reference, strategy, batch, inputs)
+
+    model = _model(settings, activation_checkpointing=mode)
+    calls = _count_attention_calls(model)
+    loss, grads = _loss_and_grads(model, strategy, batch, inputs)
+
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    # A checkpointed block runs its forward twice (forward, then recomputation in backward).
+    chosen = checkpointed_blocks(mode, len(calls))
+    assert calls == [2 if i in chosen else 1 for i in range(len(calls))]
+
+
+def test_levers_keep_the_saved_lora_layout(step_inputs):
+    settings = step_inputs[0]
+    plain = export_lora(_model(settings, activation_checkpointing="all"), 8, 8.0)
+    levered = export_lora(_model(settings, activation_checkpointing="every:2"), 8, 8.0)
+    assert plain.keys() == levered.keys()
+    assert all(k.startswith("diffusion_model.transformer_blocks.") for k in levered)
+
+
+def test_no_recomputation_outside_training(step_inputs):
+    settings, strategy, batch, inputs = step_inputs
+    model = _model(settings, activation_checkpointing="all").eval()
+    calls = _count_attention_calls(model)
+    with torch.no_grad():
+        strategy.forward(model, inputs, batch, torch.float32)
+    assert calls == [1] * len(calls)
+
+
+def test_attention_backend_choice_keeps_the_result(step_inputs):
+    settings, strategy, batch, inputs = step_inputs
+    model = _model(settings).eval()
+    with torch.no_grad():
+        auto = strategy.forward(model, inputs, batch, torch.float32)
+        with attention_backends(["math"]):
+            math = strategy.forward(model, inputs, batch, torch.float32)
+    torch.testing.assert_close(math, auto, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelConfigError, match="attention_backends"):
+        attention_backends(["fastest"])
+
+
+def test_fp8_refuses_a_device_without_fp8_matmuls(step_inputs):
+    settings = step_inputs[0]
+    model = load_transformer(settings.model_path or "", CPU, torch.float32)
+    with pytest.raises(ModelConfigError, match="fp8_base needs a CUDA GPU"):
+        accelerate(model, Acceleration(fp8=True), CPU)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_step(step_inputs):
+    settings, strategy, batch, inputs = step_inputs
+    reference = _model(settings, activation_checkpointing="blocks:2")
+    ref_loss, ref_grads = _loss_and_grads(reference, strategy, batch, inputs)
+    model = _model(settings, activation_checkpointing="blocks:2", compile_blocks=True)
+    loss, grads = _loss_and_grads(model, strategy, batch, inputs)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -1,0 +1,164 @@
+"""Speed levers of the training step, applied to the LoRA-injected transformer.
+
+One place decides how the step runs on the accelerator, so the trainer and the GPU
+benchmark (`bench/train_step_gpu.py`) measure the same thing:
+
+- activation checkpointing per block: `all` (ltx-core's own flag, the anchor's
+  setting), `none`, `every:N` (every Nth block) or `blocks:K` (the first K
+  blocks). Fewer checkpointed blocks means less recomputation and more memory.
+- the SDPA backends attention may use, in priority order
+  (`torch.nn.attention.sdpa_kernel`).
+- `torch.compile` of every transformer block, in place (state-dict keys, and so
+  checkpoints and the LoRA file, are unchanged).
+- FP8 matmuls (torchao float8 training) for the frozen base linears; the LoRA
+  adapters stay in high precision. Needs a CUDA GPU of compute capability 8.9+.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from iclora_trainer.config import CHECKPOINTING_PATTERN, TrainerSettings
+from iclora_trainer.errors import ModelConfigError
+
+SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+_CHECKPOINTING = re.compile(CHECKPOINTING_PATTERN)
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def checkpointing_is_valid(value: str) -> bool:
+    return bool(_CHECKPOINTING.match(value))
+
+
+def checkpointed_blocks(mode: str, num_blocks: int) -> set[int]:
+    """Indices of the blocks whose activations are recomputed in the backward pass."""
+    if not checkpointing_is_valid(mode):
+        raise ModelConfigError(
+            f"activation_checkpointing {mode!r}: expected all, none, every:N (N >= 1) or blocks:K"
+        )
+    if mode == "all":
+        return set(range(num_blocks))
+    if mode == "none":
+        return set()
+    kind, count = mode.split(":")
+    n = int(count)
+    if kind == "every":
+        return set(range(0, num_blocks, n))
+    return set(range(min(n, num_blocks)))
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    checkpointing: str = "all"
+    sdpa_backends: tuple[str, ...] = field(default_factory=tuple)  # empty: PyTorch chooses
+    compile: bool = False
+    fp8: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: TrainerSettings) -> Acceleration:
+        return cls(
+            checkpointing=settings.activation_checkpointing,
+            sdpa_backends=tuple(settings.attention_backends),
+            compile=settings.compile_blocks,
+            fp8=settings.fp8_base,
+        )
+
+
+def _checkpointed_forward(block: torch.nn.Module) -> Callable[..., Any]:
+    inner = block.forward
+
+    def forward(video: Any = None, audio: Any = None, perturbations: Any = None) -> Any:
+        if block.training and torch.is_grad_enabled():
+            # Non-reentrant: the block's dataclass arguments pass through untouched.
+            return torch.utils.checkpoint.checkpoint(inner, video, audio, perturbations, use_reentrant=False)
+        return inner(video=video, audio=audio, perturbations=perturbations)
+
+    return forward
+
+
+def _check_fp8(device: torch.device) -> None:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_MIN_CAPABILITY:
+        raise ModelConfigError(
+            "fp8_base needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); "
+            f"this run is on {device}"
+        )
+    try:
+        import torchao.float8  # noqa: F401  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ModelConfigError("fp8_base needs the torchao package in the trainer image") from exc
+
+
+def _convert_fp8(model: torch.nn.Module) -> None:
+    from torchao.float8 import convert_to_float8_training  # type: ignore[import-not-found]
+
+    def frozen_base(module: torch.nn.Module, name: str) -> bool:
+        # PEFT keeps the frozen projection as `base_layer`; lora_A/lora_B stay in bf16/fp32.
+        # float8 matmuls need both dimensions divisible by 16.
+        return (
+            name.endswith("base_layer")
+            and isinstance(module, torch.nn.Linear)
+            and module.in_features % 16 == 0
+            and module.out_features % 16 == 0
+        )
+
+    convert_to_float8_training(model, module_filter_fn=frozen_base)
+
+
+def accelerate(model: torch.nn.Module, acc: Acceleration, device: torch.device) -> torch.nn.Module:
+    """Apply the levers in place to a transformer that already carries its LoRA adapters."""
+    blocks = model.transformer_blocks
+    chosen = checkpointed_blocks(acc.checkpointing, len(blocks))
+    if acc.fp8:
+        _check_fp8(device)
+        _convert_fp8(model)
+    # ltx-core's own flag checkpoints every block; the per-block choice replaces it.
+    model.set_gradient_checkpointing(False)
+    for i, block in enumerate(blocks):
+        if i in chosen:
+            block.forward = _checkpointed_forward(block)
+        if acc.compile:
+            block.compile(dynamic=False)
+    return model
+
+
+def attention_backends(names: tuple[str, ...] | list[str]) -> contextlib.AbstractContextManager[None]:
+    """Context restricting scaled_dot_product_attention to `names`, tried in that order."""
+    if not names:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ModelConfigError(f"attention_backends {unknown}: expected some of {', '.join(SDPA_BACKENDS)}")
+    return sdpa_kernel([table[n] for n in names], set_priority=True)
+
+
+def prepare_for_training(
+    model: torch.nn.Module, rank: int, settings: TrainerSettings, device: torch.device
+) -> torch.nn.Module:
+    """The transformer as the training step runs it: LoRA (alpha = rank), fp32 adapters, levers, train mode.
+
+    The trainer and the GPU benchmark both call this, so the benchmark's `ours` row
+    is the product's step.
+    """
+    from iclora_trainer.lora_io import apply_lora
+
+    apply_lora(model, rank, float(rank), seed=settings.seed)
+    # Trainable LoRA weights stay fp32 (bf16 master weights lose small updates).
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    accelerate(model, Acceleration.from_settings(settings), device)
+    return model.train()
