@@ -305,6 +305,10 @@ def trainer_settings(ctx: RunContext) -> dict[str, Any]:
         checkpoint_interval=p.checkpoint_interval,
         zero_stage=p.zero_stage,
         device=p.device,
+        activation_checkpointing=p.acceleration.activation_checkpointing,
+        attention_backends=p.acceleration.attention_backends,
+        compile_blocks=p.acceleration.compile_blocks,
+        fp8_base=p.acceleration.fp8_base,
     )
     return settings.model_dump(mode="json", exclude_defaults=True)
 

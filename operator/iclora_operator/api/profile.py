@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from iclora_trainer.config import CHECKPOINTING_PATTERN, SdpaBackend
+
 PROFILE_KIND = "TrainingProfile"
 PROFILE_PLURAL = "trainingprofiles"
 PROFILE_SINGULAR = "trainingprofile"
@@ -39,6 +41,29 @@ class Toleration(_ProfileModel):
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
+
+
+class Acceleration(_ProfileModel):
+    """How the training step uses the GPU (the trainer's speed levers); the defaults are the safe ones."""
+
+    activation_checkpointing: str = Field(
+        default="all",
+        pattern=CHECKPOINTING_PATTERN,
+        description=(
+            "Blocks whose activations are recomputed in backward: all, none, every:N or blocks:K "
+            "(the first K). Fewer means faster steps and more GPU memory."
+        ),
+    )
+    attention_backends: list[SdpaBackend] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Attention (SDPA) backends allowed, in priority order; empty lets PyTorch choose.",
+    )
+    compile_blocks: bool = Field(default=False, description="torch.compile every transformer block.")
+    fp8_base: bool = Field(
+        default=False,
+        description="FP8 matmuls for the frozen base weights (torchao); GPUs of compute capability 8.9+.",
+    )
 
 
 class TrainingProfileSpec(_ProfileModel):
@@ -82,6 +107,7 @@ class TrainingProfileSpec(_ProfileModel):
         default=250, description="Steps between checkpoints written to the object store."
     )
     zero_stage: Annotated[int, Field(ge=0, le=2)] = 2
+    acceleration: Acceleration = Field(default_factory=Acceleration, description="Speed levers of the step.")
     model_path: str = Field(
         default="/models/ltx-2.3/ltx-2.3-22b.safetensors",
         description="LTX-2.3 checkpoint (path in the image or on a mounted volume).",

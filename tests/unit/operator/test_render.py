@@ -187,6 +187,36 @@ def test_trainer_settings_are_valid_for_the_trainer():
     assert env_of(job)["ICLORA_WORK_DIR"]["value"] == "/scratch/work"
 
 
+def test_profile_speed_levers_reach_the_trainer():
+    from iclora_operator.api.profile import profile_spec_from_object
+    from iclora_trainer.config import TrainerSettings
+
+    profile = profile_spec_from_object({"spec": {"acceleration": {
+        "activationCheckpointing": "blocks:24", "attentionBackends": ["cudnn", "flash"],
+        "compileBlocks": True, "fp8Base": True,
+    }}})
+    job = render_training_job(RunContext(**{**ctx().__dict__, "profile": profile}), suspend=False)
+    settings = TrainerSettings.model_validate_json(env_of(job)["ICLORA_TRAINER_SETTINGS"]["value"])
+    assert settings.activation_checkpointing == "blocks:24"
+    assert settings.attention_backends == ["cudnn", "flash"]
+    assert settings.compile_blocks and settings.fp8_base
+    # Without a choice the trainer keeps its safe default (checkpoint every block).
+    default = TrainerSettings.model_validate_json(
+        env_of(render_training_job(ctx(), suspend=False))["ICLORA_TRAINER_SETTINGS"]["value"]
+    )
+    assert default.activation_checkpointing == "all" and not default.fp8_base
+
+
+@pytest.mark.parametrize("bad", [{"activationCheckpointing": "half"}, {"attentionBackends": ["xformers"]}])
+def test_profile_rejects_unknown_speed_levers(bad):
+    from pydantic import ValidationError
+
+    from iclora_operator.api.profile import profile_spec_from_object
+
+    with pytest.raises(ValidationError, match="acceleration"):
+        profile_spec_from_object({"spec": {"acceleration": bad}})
+
+
 def test_private_network_allowance_reaches_both_jobs_only_when_set():
     from dataclasses import replace
 
