@@ -22,14 +22,32 @@ def _load():
     return module
 
 
-@pytest.mark.parametrize("levers", [[], ["--checkpointing", "every:2", "--reference-downscale", "2"]])
-def test_tiny_cpu_smoke(tmp_path, levers) -> None:
+def test_tiny_cpu_smoke(tmp_path) -> None:
     bench = _load()
-    argv = ["--tiny", "--device", "cpu", "--shapes", "128x128x9", "--out", str(tmp_path), *levers]
+    argv = ["--tiny", "--device", "cpu", "--shapes", "128x128x9", "--out", str(tmp_path), "--validation"]
     assert bench.main(argv) == 0
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert [r["name"] for r in report["rows"]] == ["ours", "anchor"]
     assert all(r["s_per_step"] > 0 and r["tflops_per_step"] > 0 for r in report["rows"])
+    (cost,) = report["validation"]
+    assert cost["s_per_entry"] == pytest.approx(30 * cost["s_per_euler_step"])
+    assert report["validation_fraction"][0]["shape"] == "128x128x9"
+
+
+def test_variants_are_trainer_settings_rows(tmp_path) -> None:
+    bench = _load()
+    argv = [
+        "--tiny", "--device", "cpu", "--shapes", "128x128x9", "--out", str(tmp_path), "--skip-anchor",
+        "--variant", "activation_checkpointing=every:2,attention_backends=math", "--reference-downscale", "2",
+    ]
+    assert bench.main(argv) == 0
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert [r["name"] for r in report["rows"]] == [
+        "ours[ref/2]", "ours[activation_checkpointing=every:2,attention_backends=['math']][ref/2]"
+    ]
+    assert report["rows"][1]["settings"]["activation_checkpointing"] == "every:2"
+    with pytest.raises(SystemExit, match="unknown setting"):
+        bench.parse_variant("checkpointing=every:2")
 
 
 def test_full_size_flops_are_plausible() -> None:
