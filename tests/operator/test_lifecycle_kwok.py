@@ -60,6 +60,39 @@ def test_schema_and_cel_reject_at_apply(trainings, installed_crds):
     trainings.patch_spec("ok", {"suspend": True})  # the one mutable field
 
 
+def test_cel_downscale_rule_agrees_with_the_api_model(trainings, installed_crds):
+    """The generated CEL rule and the pydantic validator accept exactly the same buckets."""
+    from iclora_operator.api.validation import SpecInvalid, validate_spec
+    from iclora_operator.api.video import AspectRatio, Resolution
+
+    sample = {"videoUrl": "https://e.com/v.mp4", "maskUrl": "https://e.com/m.png",
+              "referenceVideoUrl": "https://e.com/r.mp4"}
+    cases = []
+    for r in Resolution:
+        for a in AspectRatio:
+            cases.append({"resolution": r.value, "aspectRatio": a.value})
+            cases.append({"validationResolution": r.value, "validationAspectRatio": a.value, "validation": [sample]})
+    cases.append({"validationAspectRatio": "16:9", "validation": [sample]})  # default validation bucket: high
+    cases.append({"aspectRatio": "9:16"})  # default training bucket: medium
+    outcomes = []
+    for i, fields in enumerate(cases):
+        spec = {**SPEC, "referenceDownscaleFactor": 2, **fields}
+        try:
+            validate_spec(spec)
+            model_accepts = True
+        except SpecInvalid:
+            model_accepts = False
+        try:
+            trainings.create(f"ds-{i}", spec)
+            server_accepts = True
+        except ApiException as exc:
+            assert exc.status == 422 and "referenceDownscaleFactor" in exc.body
+            server_accepts = False
+        assert server_accepts == model_accepts, fields
+        outcomes.append(server_accepts)
+    assert outcomes.count(False) == 9 and outcomes.count(True) == len(cases) - 9
+
+
 def test_invalid_spec_fails_with_reason_and_no_jobs(trainings, operator_factory, profile_factory):
     operator_factory([trainings.namespace], default_profile=profile_factory())
     # Passes the CRD pattern but not the API model (an s3 URL needs an object key).

@@ -49,6 +49,17 @@ def test_train_succeeds_and_writes_termination_message(tmp_path, tiny_checkpoint
     assert (tmp_path / "out" / "artifacts" / "lora.safetensors").exists()
 
 
+def test_reference_downscale_comes_from_the_spec(tmp_path, tiny_checkpoint, prepared_dataset):
+    from safetensors import safe_open
+
+    spec = _spec(tmp_path, referenceDownscaleFactor=2)
+    assert main(_args(tmp_path, tiny_checkpoint, prepared_dataset, spec, "--steps", "2")) == 0
+    artifacts = tmp_path / "out" / "artifacts"
+    with safe_open(str(artifacts / "lora.safetensors"), framework="pt") as f:
+        assert f.metadata()["reference_downscale_factor"] == "2"
+    assert json.loads((artifacts / "config.json").read_text())["referenceDownscaleFactor"] == 2
+
+
 def test_invalid_spec_is_a_user_error(tmp_path, tiny_checkpoint, prepared_dataset):
     spec = _spec(tmp_path, rank=7)
     code = main(_args(tmp_path, tiny_checkpoint, prepared_dataset, spec))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ from .conftest import SINGLE, make_plan, make_settings
 pytestmark = pytest.mark.trainer
 
 
-def _run(tiny_checkpoint, dataset: Path, out: Path, steps: int, stop_after=None, **kw):
+def _run(tiny_checkpoint, dataset: Path, out: Path, steps: int, stop_after=None, downscale=1, **kw):
     settings = make_settings(tiny_checkpoint, out.parent / f"{out.name}-work", steps=steps, **kw)
-    return train(make_plan(steps), settings, dataset, LocalStore(out), SINGLE, stop_after=stop_after)
+    plan = replace(make_plan(steps), reference_downscale_factor=downscale)
+    return train(plan, settings, dataset, LocalStore(out), SINGLE, stop_after=stop_after)
 
 
 def _forward(model: torch.nn.Module) -> torch.Tensor:
@@ -140,7 +142,7 @@ def test_resume_refuses_a_different_configuration(tmp_path, tiny_checkpoint, pre
 def test_bf16_with_half_resolution_reference(tmp_path, tiny_checkpoint, prepared_dataset):
     """The GPU dtype path (bf16 base, fp32 LoRA) and a reference encoded at 1/2 resolution."""
     outcome = _run(
-        tiny_checkpoint, prepared_dataset, tmp_path / "o", steps=2, dtype="bf16", reference_downscale_factor=2
+        tiny_checkpoint, prepared_dataset, tmp_path / "o", steps=2, dtype="bf16", downscale=2
     )
     assert outcome.result.status == "Succeeded"
     assert all(v == v for v in outcome.losses)  # finite, not NaN

@@ -275,3 +275,32 @@ def test_manifest_kind_and_version_checked():
 
 def test_snap_frames_function():
     assert [snap_frames(n) for n in (1, 8, 9, 90, 100, 121, 122)] == [1, 1, 9, 89, 97, 121, 121]
+
+
+@pytest.mark.parametrize(
+    ("resolution", "aspect", "valid"),
+    [("medium", "16:9", True), ("medium", "9:16", True), ("low", "1:1", True), ("high", "1:1", True),
+     ("low", "16:9", False), ("high", "9:16", False)],
+)
+def test_reference_downscale_needs_buckets_it_divides(resolution, aspect, valid):
+    fields = {"referenceDownscaleFactor": 2, "resolution": resolution, "aspectRatio": aspect}
+    if valid:
+        assert ok(**fields).reference_downscale_factor == 2
+    else:
+        (message,) = bad(**fields).values()
+        w, h = bucket_size(resolution, aspect)
+        assert "referenceDownscaleFactor 2" in message and f"{w}x{h}" in message and "multiples of 64" in message
+    # Factor 1 (the default) fits every bucket.
+    assert ok(resolution=resolution, aspectRatio=aspect).reference_downscale_factor == 1
+
+
+def test_reference_downscale_checks_the_validation_bucket_only_with_entries():
+    fields = {"referenceDownscaleFactor": 2, "validationResolution": "high", "validationAspectRatio": "16:9"}
+    assert ok(**fields).reference_downscale_factor == 2
+    (message,) = bad(**fields, validation=[SAMPLE]).values()
+    assert "validationResolution/validationAspectRatio" in message and "960x544" in message
+
+
+@pytest.mark.parametrize("factor", [0, 3, 4, "2"])
+def test_reference_downscale_factor_values(factor):
+    assert "spec.referenceDownscaleFactor" in bad(referenceDownscaleFactor=factor)

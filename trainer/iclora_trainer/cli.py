@@ -140,6 +140,7 @@ def _train(args: argparse.Namespace) -> Any:
         learning_rate=spec.learning_rate,
         trigger_phrase=spec.trigger_phrase,
         validation=_validation_plan(spec),
+        reference_downscale_factor=spec.reference_downscale_factor,
     )
     dist = dist_env()
     work = Path(settings.work_dir) / f"rank{dist.rank}"

@@ -62,9 +62,6 @@ class TrainerSettings(BaseModel):
         default=False, description="FP8 matmuls (torchao) for the frozen base linears; GPUs of capability 8.9+."
     )
     sigma_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
-    reference_downscale_factor: int = Field(
-        default=1, ge=1, description="Reference encoded at 1/d resolution."
-    )
     validation_interval: int = Field(
         default=0, ge=0, description="Render the validation reel every N steps (0: only at the end)."
     )

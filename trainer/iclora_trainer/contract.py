@@ -48,7 +48,8 @@ EXIT_CODE_REASONS: dict[ExitCode, str] = {
     ExitCode.DATASET_DOWNLOAD_FAILED: "DatasetDownloadFailed",
     ExitCode.DATASET_INVALID: "DatasetInvalid",
     ExitCode.NO_USABLE_CLIPS: "NoUsableClips",
-    ExitCode.MODEL_CONFIG_INVALID: "InvalidSpec",
+    # The admin's profile (model paths, speed levers), not the user's spec.
+    ExitCode.MODEL_CONFIG_INVALID: "ProfileInvalid",
     ExitCode.OBJECT_STORE_UNAVAILABLE: "TrainingFailed",
     ExitCode.CHECKPOINT_FAILED: "TrainingFailed",
     ExitCode.INTERNAL_ERROR: "TrainingFailed",

@@ -45,6 +45,7 @@ class TrainingPlan:
     learning_rate: float
     trigger_phrase: str
     validation: ValidationPlan | None = None  # None or no entries: no reel
+    reference_downscale_factor: int = 1  # spec extension: reference at 1/d resolution
 
     @property
     def alpha(self) -> float:
@@ -94,7 +95,11 @@ def sample_noise(
 
 
 def load_and_precompute(
-    dataset_dir: Path, settings: TrainerSettings, device: torch.device, dtype: torch.dtype
+    dataset_dir: Path,
+    settings: TrainerSettings,
+    device: torch.device,
+    dtype: torch.dtype,
+    reference_downscale_factor: int = 1,
 ) -> tuple[PrecomputedDataset, dict[str, Any]]:
     from iclora_trainer.model.loading import load_video_encoder
     from iclora_trainer.model.text import load_text_encoder
@@ -113,7 +118,7 @@ def load_and_precompute(
         text_encoder,
         device,
         dtype,
-        settings.reference_downscale_factor,
+        reference_downscale_factor,
     )
     # Free the VAE and the text encoder before the transformer is loaded.
     del encoder, text_encoder
@@ -149,10 +154,10 @@ def train(
     steps = settings.steps or plan.steps
     torch.manual_seed(settings.seed)
 
-    data, geometry = load_and_precompute(dataset_dir, settings, device, dtype)
+    data, geometry = load_and_precompute(dataset_dir, settings, device, dtype, plan.reference_downscale_factor)
     validator = _Validator.create(plan, settings, work_dir, device, dtype) if dist.rank == 0 else None
     strategy = MaskedICLoraStrategy(
-        fps=data.fps, reference_downscale_factor=settings.reference_downscale_factor
+        fps=data.fps, reference_downscale_factor=plan.reference_downscale_factor
     )
 
     model = prepare_for_training(
@@ -173,7 +178,7 @@ def train(
             "geometry": geometry,
             "schedule": settings.lr_schedule,
             "warmup": settings.resolved_warmup(steps),
-            "downscale": settings.reference_downscale_factor,
+            "downscale": plan.reference_downscale_factor,
         }
     )
     start = load_latest(store, work_dir, fp, engine, model)
@@ -247,7 +252,7 @@ def lora_metadata(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, st
         "trigger_phrase": plan.trigger_phrase,
         "training_type": TRAINING_TYPE,
         "base_model": settings.base_model,
-        "reference_downscale_factor": str(settings.reference_downscale_factor),
+        "reference_downscale_factor": str(plan.reference_downscale_factor),
         "format": "ltx-core/comfyui diffusion_model.* lora_A/lora_B, alpha folded into lora_B",
     }
 
@@ -276,7 +281,7 @@ def _write_artifacts(
         "frameRate": geometry["frameRate"],
         "resolution": {"width": geometry["width"], "height": geometry["height"]},
         "baseModel": settings.base_model,
-        "referenceDownscaleFactor": settings.reference_downscale_factor,
+        "referenceDownscaleFactor": plan.reference_downscale_factor,
         "loraKeyFormat": "diffusion_model.transformer_blocks.{i}.<module>.lora_A.weight / lora_B.weight",
     }
     config_path = out / CONFIG_NAME
@@ -300,6 +305,7 @@ class _Validator:
     work_dir: Path
     device: torch.device
     dtype: torch.dtype
+    reference_downscale_factor: int = 1
 
     @classmethod
     def create(
@@ -318,7 +324,7 @@ class _Validator:
                 work_dir / "validation",
                 device,
                 dtype,
-                settings.reference_downscale_factor,
+                plan.reference_downscale_factor,
             )
         except Exception:
             # The reel is a preview: unreadable validation media must not cost the user the LoRA.
@@ -332,7 +338,7 @@ class _Validator:
             rescale_scale=settings.validation_rescale_scale,
             seed=settings.seed,
         )
-        return cls(vplan, entries, guidance, settings, work_dir, device, dtype)
+        return cls(vplan, entries, guidance, settings, work_dir, device, dtype, plan.reference_downscale_factor)
 
     def render(self, model: torch.nn.Module, store: Store) -> str | None:
         """Render the reel, upload it as artifacts/validation.mp4 and return its URI (None on failure)."""
@@ -348,7 +354,7 @@ class _Validator:
                 self.work_dir / ARTIFACTS_DIR / VIDEO_NAME,
                 self.device,
                 self.dtype,
-                self.settings.reference_downscale_factor,
+                self.reference_downscale_factor,
             )
         except Exception:
             log.exception("validation reel failed; the run continues without it")

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     """Stalled: the spec breaks a rule of the API model."""
     PROFILE_NOT_FOUND = "ProfileNotFound"
     """Stalled: the referenced TrainingProfile does not exist."""
+    PROFILE_INVALID = "ProfileInvalid"
+    """Stalled: the profile's model or trainer settings cannot run (missing checkpoint, FP8 on an old GPU)."""
     DATASET_DOWNLOAD_FAILED = "DatasetDownloadFailed"
     """Stalled: trainingDataUrl could not be fetched."""
     DATASET_INVALID = "DatasetInvalid"

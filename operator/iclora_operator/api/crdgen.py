@@ -30,7 +30,9 @@ from iclora_operator.api.v1alpha1 import (
     SINGULAR,
     MaskedICLoraTrainingSpec,
     MaskedICLoraTrainingStatus,
+    downscale_fits,
 )
+from iclora_operator.api.video import AspectRatio, Resolution, bucket_size
 
 # Keys of pydantic's JSON Schema that a CRD schema does not allow or need.
 _DROPPED_KEYS = {"title", "default", "$defs", "additionalProperties"}
@@ -117,10 +119,47 @@ def _document_defaults(schema: dict[str, Any]) -> None:
         prop["description"] = f"{text} Default: {shown}.".strip()
 
 
+def _field_or_default(name: str) -> str:
+    """CEL for a spec field's value with the model's default (the CRD stores no defaults)."""
+    field = MaskedICLoraTrainingSpec.model_fields[name]
+    alias = field.alias or name
+    return f"(has(self.{alias}) ? self.{alias} : '{field.get_default().value}')"
+
+
+def _downscale_rule() -> dict[str, str]:
+    """referenceDownscaleFactor 2 only with buckets it divides (generated from the bucket table)."""
+    factors = [f for f in MaskedICLoraTrainingSpec.model_fields["reference_downscale_factor"].annotation.__args__
+               if f > 1]
+    clauses = []
+    has_validation = "has(self.validation) && size(self.validation) > 0 && "
+    for factor in factors:
+        for res_field, ar_field, guard in (
+            ("resolution", "aspect_ratio", ""),
+            ("validation_resolution", "validation_aspect_ratio", has_validation),
+        ):
+            bad = [
+                f"({_field_or_default(res_field)} == '{r.value}' && {_field_or_default(ar_field)} == '{a.value}')"
+                for r in Resolution
+                for a in AspectRatio
+                if not downscale_fits(bucket_size(r, a), factor)
+            ]
+            if bad:
+                clauses.append(
+                    f"!(has(self.referenceDownscaleFactor) && self.referenceDownscaleFactor == {factor} && "
+                    f"{guard}({' || '.join(bad)}))"
+                )
+    return {
+        "rule": " && ".join(clauses),
+        "message": "referenceDownscaleFactor 2 needs bucket sides that are multiples of 64 px: use factor 1, "
+        "or a square or medium bucket (training and validation)",
+        "fieldPath": ".referenceDownscaleFactor",
+    }
+
+
 def spec_schema() -> dict[str, Any]:
     schema = structural_schema(MaskedICLoraTrainingSpec)
     _document_defaults(schema)
-    schema["x-kubernetes-validations"] = _immutability_rules(schema)
+    schema["x-kubernetes-validations"] = [*_immutability_rules(schema), _downscale_rule()]
     return schema
 
 

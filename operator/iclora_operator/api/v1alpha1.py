@@ -15,13 +15,14 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from iclora_operator.api.conditions import Phase
 from iclora_operator.api.video import (
     MAX_FRAMES,
     MIN_FRAMES,
+    SPATIAL_FACTOR,
     AspectRatio,
     Resolution,
     bucket_size,
@@ -198,6 +199,16 @@ class MaskedICLoraTrainingSpec(ApiModel):
     debug_dataset: bool = Field(
         default=False, description="Also upload an archive of the preprocessed dataset."
     )
+    # Extension of the product spec: a cheaper reference.
+    reference_downscale_factor: Literal[1, 2] = Field(
+        default=1,
+        description=(
+            "Extension: the reference is encoded at 1/factor of the target's width and height, its "
+            "positions scaled onto the target's grid; 2 gives a quarter of the reference tokens and "
+            "faster steps. The LoRA records the factor; inference must use the same. With 2, the "
+            "training (and validation) bucket sides must be multiples of 64 pixels."
+        ),
+    )
     # Cluster concerns
     profile_ref: LocalObjectReference | None = Field(
         default=None,
@@ -221,6 +232,17 @@ class MaskedICLoraTrainingSpec(ApiModel):
         if value:
             raise ValueError(SCENE_SPLITTING_MESSAGE)
         return value
+
+    @model_validator(mode="after")
+    def _downscale_fits_the_buckets(self) -> MaskedICLoraTrainingSpec:
+        for fields, size in downscale_conflicts(self):
+            w, h = size
+            raise ValueError(
+                f"referenceDownscaleFactor {self.reference_downscale_factor} needs bucket sides that are "
+                f"multiples of {SPATIAL_FACTOR * self.reference_downscale_factor} px, but {fields} give "
+                f"{w}x{h}; use factor 1, or a square or medium bucket"
+            )
+        return self
 
     # Effective values: the spec is never rewritten, these are reported in status.
     @property
@@ -246,6 +268,22 @@ class MaskedICLoraTrainingSpec(ApiModel):
         data["numberOfFrames"] = self.effective_number_of_frames
         data["validationNumberOfFrames"] = self.effective_validation_number_of_frames
         return data
+
+
+def downscale_fits(size: tuple[int, int], factor: int) -> bool:
+    """A reference at 1/factor must still cover whole latent cells."""
+    return all(side % (SPATIAL_FACTOR * factor) == 0 for side in size)
+
+
+def downscale_conflicts(spec: MaskedICLoraTrainingSpec) -> list[tuple[str, tuple[int, int]]]:
+    """Buckets (named by their fields) that the spec's reference downscale factor does not divide."""
+    f = spec.reference_downscale_factor
+    out = []
+    if not downscale_fits(spec.size, f):
+        out.append(("resolution/aspectRatio", spec.size))
+    if spec.validation and not downscale_fits(spec.validation_size, f):
+        out.append(("validationResolution/validationAspectRatio", spec.validation_size))
+    return out
 
 
 # --- status -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from iclora_operator.reconcile.observed import JobState
         ({"exit_code": 11}, "preflight", "DatasetDownloadFailed"),
         ({"exit_code": 12}, "preflight", "DatasetInvalid"),
         ({"exit_code": 13}, "preflight", "NoUsableClips"),
+        ({"exit_code": 14}, "training", "ProfileInvalid"),
         ({"exit_code": 20}, "training", "TrainingFailed"),
         ({"exit_code": 22}, "training", "TrainingFailed"),
         ({"exit_code": 137}, "training", "TrainingFailed"),
