@@ -22,6 +22,7 @@ Never a CI test. Writes bench/results/train_step_<device>_<time>.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -381,56 +382,100 @@ def validation_cost(model, shape, config, args, device, dtype) -> dict[str, Any]
     return result
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+class Report:
+    """The run's figures, rewritten to one JSON file after every row: a run killed at its time
+    limit keeps what it measured."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        self.args = args
+        self.rows: list[Row] = []
+        self.validation: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        tag = "tiny" if args.tiny else self.device.replace(" ", "-")
+        self.path = out / f"train_step_{tag}_{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
+
+    def fractions(self) -> list[dict[str, Any]]:
+        out = []
+        for v in self.validation:
+            ours = next((r for r in self.rows if r.name == "ours" and r.shape == v["shape"]), None)
+            if ours:
+                # Two entries (the spec's maximum) rendered once at the end of a 3000-step run.
+                out.append({"shape": v["shape"],
+                            "two_entries_over_3000_steps": 2 * v["s_per_entry"] / (3000 * ours.s_per_step)})
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv),
+            "torch": torch.__version__,
+            "args": vars(self.args),
+            "rows": [asdict(r) for r in self.rows],
+            "validation": self.validation,
+            "validation_fraction": self.fractions(),
+            "errors": self.errors,
+        }
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.as_dict(), indent=2))
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run(args: argparse.Namespace) -> Report:
     device = torch.device(args.device)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     config = model_config(args)
-    variants = [{}] + [parse_variant(v) for v in args.variant]
-    rows: list[Row] = []
-    validation: list[dict[str, Any]] = []
+    variants = [parse_variant(v) for v in args.variant]
     val_shapes = [s for s in args.validation_shapes.split(",") if s]
+    report = Report(args, device)
     for shape in args.shapes.split(","):
-        for i, overrides in enumerate(variants):
-            new_rows, model = ours_rows(shape, overrides, config, args, device, dtype)
-            rows += new_rows
-            if i == 0 and args.validation and not val_shapes:
-                validation.append(validation_cost(model, shape, config, args, device, dtype))
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        # Defaults first, then the anchor: the pair the issue asks for survives a time limit.
+        new_rows, model = ours_rows(shape, {}, config, args, device, dtype)
+        report.rows += new_rows
+        if args.validation and not val_shapes:
+            report.validation.append(validation_cost(model, shape, config, args, device, dtype))
+        del model
+        _free(device)
+        report.save()
         if not args.skip_anchor:
-            rows.append(anchor_row(shape, config, args, device, dtype))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            report.rows.append(anchor_row(shape, config, args, device, dtype))
+            _free(device)
+            report.save()
+        for overrides in variants:
+            try:
+                new_rows, _ = ours_rows(shape, overrides, config, args, device, dtype)
+                report.rows += new_rows
+            except Exception as exc:  # an OOM or an unsupported lever costs one row, not the run
+                error = {"shape": shape, "settings": overrides, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                report.errors.append(error)
+                print(f"variant {overrides} at {shape} failed: {error['error']}", flush=True)
+            _free(device)
+            report.save()
     if args.validation and val_shapes:
         from iclora_trainer.lora_io import apply_lora
 
         model = apply_lora(build_model(config, device, dtype), args.rank, float(args.rank))
         for shape in val_shapes:
-            validation.append(validation_cost(model, shape, config, args, device, dtype))
+            report.validation.append(validation_cost(model, shape, config, args, device, dtype))
+            report.save()
         del model
-    fractions = []
-    for v in validation:
-        ours = next((r for r in rows if r.name == "ours" and r.shape == v["shape"]), None)
-        if ours:
-            # Two entries (the spec's maximum) rendered once at the end of a 3000-step run.
-            fractions.append({"shape": v["shape"], "two_entries_over_3000_steps":
-                              2 * v["s_per_entry"] / (3000 * ours.s_per_step)})
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(sys.argv),
-        "torch": torch.__version__,
-        "args": vars(args),
-        "rows": [asdict(r) for r in rows],
-        "validation": validation,
-        "validation_fraction": fractions,
-    }
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run(args)
+    result = run(args)
+    result.save()
+    report = result.as_dict()
     for shape in args.shapes.split(","):
         anchor = next((r for r in report["rows"] if r["name"] == "anchor" and r["shape"] == shape), None)
         for r in (r for r in report["rows"] if r["shape"] == shape):
@@ -441,12 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     for f in report["validation_fraction"]:
         print(f"validation at {f['shape']}: 2 entries = {100 * f['two_entries_over_3000_steps']:.1f}% of 3000 steps")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "tiny" if args.tiny else report["device"].replace(" ", "-")
-    path = out / f"train_step_{tag}_{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {result.path}")
     return 0
 
 

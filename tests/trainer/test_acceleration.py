@@ -142,6 +142,21 @@ def test_fp8_refuses_a_device_without_fp8_matmuls(step_inputs):
         accelerate(model, Acceleration(fp8=True), CPU)
 
 
+def test_fp8_converts_only_the_frozen_base_projections(step_inputs):
+    """The module swap itself (torchao Float8Linear); its matmuls run on Ada/Hopper GPUs only."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    from iclora_trainer.model.acceleration import _convert_fp8
+
+    model = _model(step_inputs[0])
+    _convert_fp8(model)
+    converted = {n for n, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert converted and all(n.endswith(".base_layer") for n in converted)
+    lora = [m for n, m in model.named_modules() if n.endswith((".lora_A.default", ".lora_B.default"))]
+    assert lora and not any(isinstance(m, Float8Linear) for m in lora)
+    assert all(p.dtype == torch.float32 for p in lora_parameters(model).values())
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_same_step(step_inputs):
     settings, strategy, batch, inputs = step_inputs
