@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="no operator: create the same Secrets and Jobs directly (control-plane ceiling)")
     parser.add_argument("--profile", help="record the operator with py-spy into this file (speedscope)")
+    parser.add_argument("--memray", help="record the operator's allocations (native too) with memray into this file")
     args = parser.parse_args()
 
     from kubernetes import client, config
@@ -95,6 +96,9 @@ def main() -> int:
         argv = [str(Path(sys.executable).parent / "iclora"), "operator", "--liveness", liveness]
         if args.profile:
             argv = ["py-spy", "record", "-o", args.profile, "-f", "speedscope", "-r", "50", "--", *argv]
+        elif args.memray:
+            # `memray stats|summary|flamegraph FILE` then shows what was allocated at the peak.
+            argv = [sys.executable, "-m", "memray", "run", "--native", "-f", "-o", args.memray, *argv]
         operator_proc = subprocess.Popen(
             argv,
             env=env, stdout=log, stderr=subprocess.STDOUT,

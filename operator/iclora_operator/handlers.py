@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import BaseModel
 
-from iclora_operator.adapters.kube import ChildConflict, Kube, job_state, job_summary
+from iclora_operator.adapters.kube import ChildConflict, Kube, NotReadyYet, job_state, job_summary
 from iclora_operator.adapters.objectstore import Credentials, ObjectStore, ObjectStoreUnavailable
 from iclora_operator.api.conditions import Phase
 from iclora_operator.api.profile import PROFILE_PLURAL, TrainingProfileSpec, profile_spec_from_object
@@ -254,7 +254,7 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
 # --- actions ------------------------------------------------------------------------------
 
 
-def _act(memo: Memo, plan: Plan, ctx: RunContext) -> None:
+def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
     kube = memo.kube
     for action in plan.actions:
         if action == Action.CREATE_PREFLIGHT:
@@ -267,10 +267,11 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext) -> None:
             if ctx.profile.nodes > 1:
                 kube.create(render_headless_service(ctx))
             kube.create(render_training_job(ctx, suspend=plan.create_suspended))
-        elif action == Action.SUSPEND_TRAINING:
-            kube.set_job_suspend(ctx.namespace, ctx.names.training, True)
-        elif action == Action.RESUME_TRAINING:
-            kube.set_job_suspend(ctx.namespace, ctx.names.training, False)
+        elif action in (Action.SUSPEND_TRAINING, Action.RESUME_TRAINING):
+            try:
+                kube.set_job_suspend(ctx.namespace, ctx.names.training, action == Action.SUSPEND_TRAINING, kueue)
+            except NotReadyYet as exc:
+                raise kopf.TemporaryError(str(exc), delay=2) from exc
 
 
 def _write_status(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any]) -> None:
@@ -305,7 +306,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.
                 limit = memo.settings.concurrency_per_namespace
                 if limit and not obs.kueue_managed and memo.kube.running_trainings(ns, ctx.name) >= limit:
                     plan = decide(replace(obs, slot_available=False), now, memo.settings.stale_progress_seconds)
-            _act(memo, plan, ctx)
+            _act(memo, plan, ctx, obs.kueue_managed)
         except ChildConflict as exc:
             conflict = JobState(name=exc.name, owned=False)
             plan = decide(replace(obs, preflight_job=conflict, training_job=None), now)

@@ -43,4 +43,10 @@ app.kubernetes.io/component: operator
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.kueue.enabled }}
+# Application: with Kueue, spec.suspend deactivates the training Job's Workload (Kueue owns Job.suspend).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
+{{- end }}
 {{- end -}}

@@ -15,6 +15,11 @@ from iclora_operator.render import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAI
 log = logging.getLogger(__name__)
 
 SUSPENDED_BY_USER = "iclora.dev/suspended-by-user"
+KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta2", "workloads"
+
+
+class NotReadyYet(RuntimeError):
+    """Something the action needs does not exist yet (retry shortly)."""
 
 
 class ChildConflict(RuntimeError):
@@ -68,12 +73,27 @@ class Kube:
                 return None
             raise
 
-    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        body = {
-            "metadata": {"annotations": {SUSPENDED_BY_USER: "true" if suspend else None}},
-            "spec": {"suspend": suspend},
-        }
-        self.batch.patch_namespaced_job(name, namespace, body)
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool, kueue: bool = False) -> None:
+        """Suspend (or resume) a training Job at the user's request; the annotation says it was the user."""
+        mark = {"metadata": {"annotations": {SUSPENDED_BY_USER: "true" if suspend else None}}}
+        if not kueue:
+            self.batch.patch_namespaced_job(name, namespace, {**mark, "spec": {"suspend": suspend}})
+            return
+        # Under Kueue the Job's suspend field is Kueue's: it would admit (unsuspend) a Job we
+        # suspended. Deactivating the Job's Workload makes Kueue evict and suspend it and keeps
+        # it out of the queue; reactivating requeues it, and Kueue resumes it once admitted.
+        job = self.batch.read_namespaced_job(name, namespace)
+        workloads = self.custom.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS)
+        owned = [w for w in workloads.get("items", [])
+                 if any(o.get("uid") == job.metadata.uid for o in w["metadata"].get("ownerReferences") or [])]
+        if not owned:
+            raise NotReadyYet(f"Kueue has no Workload for Job {namespace}/{name} yet")
+        for workload in owned:
+            self.custom.patch_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, workload["metadata"]["name"],
+                {"spec": {"active": not suspend}},
+            )
+        self.batch.patch_namespaced_job(name, namespace, mark)
 
     def failed_pod(self, namespace: str, job_name: str) -> tuple[int | None, str | None]:
         """Exit code and termination message of the most recently terminated container of a Job."""

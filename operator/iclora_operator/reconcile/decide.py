@@ -254,6 +254,13 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
         draft.suspended = True
         return
     if job.suspended:
+        if job.suspended_by_user and obs.kueue_managed:
+            # Reactivated, the Workload queues again; Kueue resumes the Job once it admits it.
+            draft.actions.append(Action.RESUME_TRAINING)
+            draft.phase, draft.reason = Phase.QUEUED, Reason.QUEUED
+            draft.message = "resumed: waiting for Kueue to admit it again"
+            draft.admitted = (False, Reason.WAITING_FOR_QUOTA, draft.message)
+            return
         if job.suspended_by_user or not obs.kueue_managed:
             draft.actions.append(Action.RESUME_TRAINING)
             draft.set(Phase.TRAINING, Reason.TRAINING, "resuming from checkpoint")

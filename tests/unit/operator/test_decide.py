@@ -249,3 +249,22 @@ def test_missing_secret_blocks_without_failing():
     assert conds(s)["Reconciling"] == ("True", "SecretNotFound")
     assert "ns/creds" in next(c["message"] for c in s["conditions"] if c["type"] == "Reconciling")
     assert "failure" not in s
+
+
+def test_resume_under_kueue_waits_for_readmission():
+    """Kueue owns the Job's suspend field: a resumed training is Queued until Kueue admits it."""
+    spec = validate_spec({"trainingDataUrl": "https://e/d.zip", "suspend": True})
+    running = replace(BASE, spec=spec, preflight_report=PASSED, training_job=job(active=1),
+                      status={"startTime": "x"}, kueue_managed=True)
+    plan = decide(running, NOW)
+    assert plan.actions == (Action.SUSPEND_TRAINING,) and plan.status["phase"] == "Suspended"
+    suspended = replace(running, training_job=job(suspended=True, suspended_by_user=True), status=plan.status)
+    assert decide(suspended, NOW).status["phase"] == "Suspended"
+    plan = decide(replace(suspended, spec=SPEC), NOW)
+    assert plan.actions == (Action.RESUME_TRAINING,)
+    assert plan.status["phase"] == "Queued"
+    assert conds(plan.status)["Admitted"] == ("False", "WaitingForQuota")
+    # Reactivated but not yet admitted (the mark is gone): still Queued, nothing more to do.
+    waiting = replace(suspended, spec=SPEC, training_job=job(suspended=True), status=plan.status)
+    plan = decide(waiting, NOW)
+    assert plan.actions == () and plan.status["phase"] == "Queued"
