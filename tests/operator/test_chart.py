@@ -78,6 +78,19 @@ def test_rendered_chart_passes_server_side_dry_run(local_cluster, installed_crds
     assert "deployment.apps" in proc.stdout
 
 
+@pytest.mark.cluster
+@pytest.mark.parametrize("sets", [("kueue.enabled=true",), ("kueue.enabled=true", "watchNamespaces={team-a}")])
+def test_kueue_mode_may_deactivate_workloads_and_nothing_more(local_cluster, sets):
+    """spec.suspend under Kueue patches the Job's Workload: the grant exists in Kueue mode only."""
+    def workload_rules(docs):
+        return [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d.get("rules") or []
+                if "kueue.x-k8s.io" in r["apiGroups"]]
+
+    (rule,) = workload_rules(_template(local_cluster, "k", "ops", *sets))
+    assert rule["resources"] == ["workloads"] and sorted(rule["verbs"]) == ["list", "patch"]
+    assert workload_rules(_template(local_cluster, "k", "ops")) == []
+
+
 def _admin(local_cluster: Any) -> Any:
     from kubernetes import config
 
