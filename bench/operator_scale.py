@@ -37,6 +37,45 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its reaped children)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / ticks
+
+
+def control_plane_cpu() -> dict[str, float]:
+    """CPU seconds of the local control plane's processes, by program name."""
+    out: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                comm = fh.read().strip()
+            if comm in ("kube-apiserver", "etcd", "kwok", "kube-controller", "kube-scheduler", "weed"):
+                out[comm] = out.get(comm, 0.0) + cpu_seconds(int(entry))
+        except OSError:
+            continue
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def request_counts(cluster) -> dict[str, int]:
+    """Requests the API server served, by verb and resource (its own metrics), largest first."""
+    import re
+
+    text = subprocess.run([str(cluster.kubectl), "--kubeconfig", str(cluster.kubeconfig), "get", "--raw", "/metrics"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            key = f"{labels.get('verb')} {labels.get('resource')}/{labels.get('subresource', '')}".rstrip("/")
+            counts[key] = counts.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:12])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
@@ -45,6 +84,7 @@ def main() -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="no operator: create the same Secrets and Jobs directly (control-plane ceiling)")
     parser.add_argument("--profile", help="record the operator with py-spy into this file (speedscope)")
+    parser.add_argument("--glibc", action="store_true", help="run the operator with glibc malloc, not jemalloc")
     parser.add_argument("--memray", help="record the operator's allocations (native too) with memray into this file")
     args = parser.parse_args()
 
@@ -86,16 +126,25 @@ def main() -> int:
             "ICLORA_STORE_ACCESS_KEY": s3.access_key,
             "ICLORA_STORE_SECRET_KEY": s3.secret_key,
             "ICLORA_METRICS_PORT": "0",
-            # As in the operator image: one malloc arena per thread inflates RSS for nothing.
-            "MALLOC_ARENA_MAX": "2",
         }
+        # As in the operator image: jemalloc (glibc malloc fragments under the burst).
+        jemalloc = os.environ.get("ICLORA_JEMALLOC") or next(
+            (p for p in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                         "/usr/local/lib/libjemalloc.so.2") if Path(p).exists()), None)
+        if jemalloc and not args.glibc:
+            env["LD_PRELOAD"] = jemalloc
+            env["MALLOC_CONF"] = "background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0,narenas:2"
+        else:
+            print("operator runs with glibc malloc (the image uses jemalloc: apt-get install libjemalloc2)")
+            env["MALLOC_ARENA_MAX"] = "2"
         log = open(state / "operator.log", "w")  # noqa: SIM115 - closed with the process
         from iclora_operator.localcluster.ports import free_ports
 
         liveness = f"http://127.0.0.1:{free_ports(1)[0]}/healthz"
         argv = [str(Path(sys.executable).parent / "iclora"), "operator", "--liveness", liveness]
         if args.profile:
-            argv = ["py-spy", "record", "-o", args.profile, "-f", "speedscope", "-r", "50", "--", *argv]
+            spy = str(Path(sys.executable).parent / "py-spy")
+            argv = [spy, "record", "-o", args.profile, "-f", "speedscope", "-r", "50", "--", *argv]
         elif args.memray:
             # `memray stats|summary|flamegraph FILE` then shows what was allocated at the peak.
             argv = [sys.executable, "-m", "memray", "run", "--native", "-f", "-o", args.memray, *argv]
@@ -112,6 +161,13 @@ def main() -> int:
         def sample() -> None:
             while not stop.is_set() and operator_proc.poll() is None:
                 peak["rss"] = max(peak["rss"], peak_rss_mib(operator_proc.pid))
+                with open(f"/proc/{operator_proc.pid}/status") as fh:
+                    fields = dict(line.split(":", 1) for line in fh)
+                # Where the memory is at its largest: anonymous (heap) or file-backed (libraries).
+                anon = int(fields["RssAnon"].split()[0]) / 1024
+                if anon > peak.get("anon", 0.0):
+                    peak["anon"], peak["file"] = anon, int(fields["RssFile"].split()[0]) / 1024
+                    peak["threads"] = int(fields["Threads"])
                 time.sleep(0.5)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -160,9 +216,12 @@ def main() -> int:
         all_jobs = time.monotonic() - start
         time.sleep(10)  # steady state: timers keep reconciling every resource
         stop.set()
-        with open(f"/proc/{operator_proc.pid}/status") as fh:
-            final_rss = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
-        threads = len(os.listdir(f"/proc/{operator_proc.pid}/task"))
+        final_rss, threads, operator_cpu = 0.0, 0, 0.0
+        if operator_proc.poll() is None:  # --baseline stops the operator at once
+            operator_cpu = cpu_seconds(operator_proc.pid)
+            with open(f"/proc/{operator_proc.pid}/status") as fh:
+                final_rss = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+            threads = len(os.listdir(f"/proc/{operator_proc.pid}/task"))
         figures = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": f"{platform.node()} ({os.cpu_count()} cores)",
@@ -172,7 +231,14 @@ def main() -> int:
             "jobs_created": jobs,
             "seconds_to_apply": round(applied, 1),
             "seconds_until_every_job": round(all_jobs, 1),
+            "allocator": "jemalloc" if "LD_PRELOAD" in env else "glibc",
             "operator_peak_rss_mib": round(peak["rss"], 1),
+            "operator_cpu_seconds": round(operator_cpu, 1),
+            "control_plane_cpu_seconds": control_plane_cpu(),
+            "api_requests": request_counts(cluster),
+            "operator_peak_anon_mib": round(peak.get("anon", 0.0), 1),
+            "operator_file_backed_mib_at_peak": round(peak.get("file", 0.0), 1),
+            "operator_threads_at_peak": peak.get("threads", 0),
             "operator_rss_after_mib": round(final_rss, 1),
             "operator_threads": threads,
         }

@@ -33,6 +33,7 @@ from iclora_operator.render import (
     LABEL_MANAGED_BY,
     LABEL_TRAINING,
     MANAGED_BY,
+    ChildNames,
     RunContext,
     StoreLocation,
     render_headless_service,
@@ -68,7 +69,20 @@ class Memo:
     namespace_locks: dict[str, threading.Lock] = field(default_factory=dict)
     reports: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
     misses: dict[tuple[str, str], float] = field(default_factory=dict)
+    last_reconciled: dict[str, tuple[Any, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def quiet(self, uid: str, key: Any, due: float | None) -> bool:
+        """Whether a timer tick may skip: what it observes is unchanged and the poll is not due."""
+        if due is None:
+            return False
+        with self.lock:
+            last = self.last_reconciled.get(uid)
+        return last is not None and last[0] == key and time.monotonic() - last[1] < due
+
+    def reconciled(self, uid: str, key: Any) -> None:
+        with self.lock:
+            self.last_reconciled[uid] = (key, time.monotonic())
 
     def store(self, creds: Credentials) -> ObjectStore:
         with self.lock:
@@ -105,6 +119,7 @@ class Memo:
             for table in (self.reports, self.misses):
                 for key in [k for k in table if k[0] == uid]:
                     del table[key]
+            self.last_reconciled.pop(uid, None)
 
     def namespace_lock(self, namespace: str) -> threading.Lock:
         with self.lock:
@@ -342,9 +357,37 @@ def _index_trainings(namespace: str, name: str, meta: kopf.Meta, status: kopf.St
     return {namespace: (meta.get("creationTimestamp") or "", name, status.get("phase") or "")}
 
 
+def _observable_key(body: kopf.Body, jobs: kopf.Index) -> tuple[Any, ...]:
+    """What a reconcile reads from the cluster for this training: spec generation, status, its Jobs.
+
+    Job changes reach the index from the watch, so a changed key means there is news.
+    """
+    ns, names = body.metadata.namespace, ChildNames.of(body.metadata.name)
+    status = body.get("status") or {}
+    return (
+        body.metadata.get("generation"),
+        status.get("phase"),
+        status.get("observedGeneration"),
+        repr(_first(jobs, (ns, names.preflight))),
+        repr(_first(jobs, (ns, names.training))),
+    )
+
+
 def _on_change(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
                iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
     reconcile(body, patch, memo, iclora_jobs, iclora_profiles, iclora_trainings)
+    memo.reconciled(body.metadata.uid, _observable_key(body, iclora_jobs))
+
+
+def _on_tick(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
+             iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
+    # With many trainings, full reconciles on every tick would crowd out new ones: a tick that
+    # can observe nothing new (same Jobs, same spec and status, no poll due) returns at once.
+    due = memo.settings.quiet_tick_due((body.get("status") or {}).get("phase"))
+    if memo.quiet(body.metadata.uid, _observable_key(body, iclora_jobs), due):
+        memo.metrics.reconciles.labels("skipped").inc()
+        return
+    _on_change(body, patch, memo, iclora_jobs, iclora_profiles, iclora_trainings)
 
 
 def _on_delete(uid: str, memo: Memo, **_: Any) -> None:
@@ -368,6 +411,6 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     # already handled by the change handlers, and a burst of creations must not double up.
     interval = settings.reconcile_interval_seconds
     kopf.timer(*crd, interval=interval, initial_delay=interval, idle=interval, when=_not_terminal,
-               id="reconcile-timer", registry=registry)(_on_change)
+               id="reconcile-timer", registry=registry)(_on_tick)
     kopf.on.delete(*crd, optional=True, id="forget", registry=registry)(_on_delete)
     return registry

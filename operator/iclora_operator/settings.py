@@ -42,7 +42,16 @@ class OperatorSettings(BaseSettings):
     kueue_enabled: bool = Field(
         default=False, description="Leave queue-labelled training Jobs to Kueue (created suspended)."
     )
-    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    reconcile_interval_seconds: float = Field(
+        default=5.0, gt=0, description="Timer tick: how soon a change of a training's Jobs is acted on."
+    )
+    progress_poll_seconds: float | None = Field(
+        default=None, gt=0, description="How often a training's progress is read from the store (3 ticks)."
+    )
+    resync_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Full reconcile at least this often when nothing observable changed (12 ticks).",
+    )
     report_poll_seconds: float = Field(
         default=30.0, ge=0, description="How often a running preflight's report is looked for in the store."
     )
@@ -57,3 +66,16 @@ class OperatorSettings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     metrics_port: int = 8080
     health_port: int = 8081
+
+    def quiet_tick_due(self, phase: str | None) -> float | None:
+        """Seconds after which a timer tick reconciles a training whose Jobs and spec did not change.
+
+        None: every tick reconciles (phases waiting on something no index shows: a free slot,
+        a Secret). A training's progress lives in the object store, so Training polls it.
+        """
+        tick = self.reconcile_interval_seconds
+        if phase in (None, "", "Pending", "Queued"):
+            return None
+        if phase == "Training":
+            return self.progress_poll_seconds or 3 * tick
+        return self.resync_seconds or 12 * tick

@@ -57,3 +57,13 @@ def test_operator_image_install_steps_give_a_slim_working_cli(tmp_path):
         result = subprocess.run([str(venv / "bin" / "iclora"), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
     assert "MaskedICLoraTraining" in result.stdout
+
+
+def test_operator_image_runs_on_jemalloc():
+    """glibc malloc fragments under a burst of resources (bench/operator_scale.py): the image preloads jemalloc."""
+    structure, _ = parse(DOCKERFILES["operator"])
+    env = " ".join(s["value"] for s in structure if s["instruction"] == "ENV")
+    preload = next(w.split("=", 1)[1] for w in env.split() if w.startswith("LD_PRELOAD="))
+    runs = " ".join(s["value"] for s in structure if s["instruction"] == "RUN")
+    assert "libjemalloc2" in runs and preload in runs  # installed, and the preloaded path is created
+    assert "MALLOC_CONF=" in env
