@@ -383,7 +383,13 @@ def _on_tick(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.I
              iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
     # With many trainings, full reconciles on every tick would crowd out new ones: a tick that
     # can observe nothing new (same Jobs, same spec and status, no poll due) returns at once.
-    due = memo.settings.quiet_tick_due((body.get("status") or {}).get("phase"))
+    phase = (body.get("status") or {}).get("phase")
+    if not phase:
+        # Not reconciled yet: the creation (or resume) handler makes first contact. Under a
+        # backlog a tick would otherwise race it, and both would create the same children.
+        memo.metrics.reconciles.labels("skipped").inc()
+        return
+    due = memo.settings.quiet_tick_due(phase)
     if memo.quiet(body.metadata.uid, _observable_key(body, iclora_jobs), due):
         memo.metrics.reconciles.labels("skipped").inc()
         return

@@ -74,7 +74,7 @@ class OperatorSettings(BaseSettings):
         a Secret). A training's progress lives in the object store, so Training polls it.
         """
         tick = self.reconcile_interval_seconds
-        if phase in (None, "", "Pending", "Queued"):
+        if phase in ("Pending", "Queued"):
             return None
         if phase == "Training":
             return self.progress_poll_seconds or 3 * tick
