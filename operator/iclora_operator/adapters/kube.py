@@ -88,10 +88,10 @@ class Kube:
         # Under Kueue the Job's suspend field is Kueue's: it would admit (unsuspend) a Job we
         # suspended. Deactivating the Job's Workload makes Kueue evict and suspend it and keeps
         # it out of the queue; reactivating requeues it, and Kueue resumes it once admitted.
-        job = self.batch.read_namespaced_job(name, namespace)
+        job_uid = ((self.read("Job", namespace, name) or {}).get("metadata") or {}).get("uid")
         workloads = self.custom.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS)
         owned = [w for w in workloads.get("items", [])
-                 if any(o.get("uid") == job.metadata.uid for o in w["metadata"].get("ownerReferences") or [])]
+                 if any(o.get("uid") == job_uid for o in w["metadata"].get("ownerReferences") or [])]
         if not owned:
             raise NotReadyYet(f"Kueue has no Workload for Job {namespace}/{name} yet")
         for workload in owned:
