@@ -231,7 +231,7 @@ def main() -> int:
             "jobs_created": jobs,
             "seconds_to_apply": round(applied, 1),
             "seconds_until_every_job": round(all_jobs, 1),
-            "allocator": "jemalloc" if "LD_PRELOAD" in env else "glibc",
+            "allocator": "none (no operator)" if args.baseline else "jemalloc" if "LD_PRELOAD" in env else "glibc",
             "operator_peak_rss_mib": round(peak["rss"], 1),
             "operator_cpu_seconds": round(operator_cpu, 1),
             "control_plane_cpu_seconds": control_plane_cpu(),
