@@ -271,15 +271,14 @@ def measure(name, shape, model, step, batch, args, device, settings=None) -> Row
 
 
 def init_distributed(device: torch.device) -> None:
-    """A one-rank process group, as `iclora train` sets up before building the DeepSpeed engine."""
-    import os
-
+    """A one-rank process group, set up as `iclora train` does before building the DeepSpeed engine."""
     if torch.distributed.is_initialized():
         return
-    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
     import deepspeed
+
+    from iclora_trainer.distributed import dist_env, export_torch_env
+
+    export_torch_env(dist_env({}))  # rank 0 of 1 on 127.0.0.1
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
 

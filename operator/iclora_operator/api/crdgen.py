@@ -32,7 +32,7 @@ from iclora_operator.api.v1alpha1 import (
     MaskedICLoraTrainingStatus,
     downscale_fits,
 )
-from iclora_operator.api.video import AspectRatio, Resolution, bucket_size
+from iclora_operator.api.video import SPATIAL_FACTOR, AspectRatio, Resolution, bucket_size
 
 # Keys of pydantic's JSON Schema that a CRD schema does not allow or need.
 _DROPPED_KEYS = {"title", "default", "$defs", "additionalProperties"}
@@ -148,10 +148,11 @@ def _downscale_rule() -> dict[str, str]:
                     f"!(has(self.referenceDownscaleFactor) && self.referenceDownscaleFactor == {factor} && "
                     f"{guard}({' || '.join(bad)}))"
                 )
+    sides = " or ".join(str(SPATIAL_FACTOR * f) for f in factors)
     return {
         "rule": " && ".join(clauses),
-        "message": "referenceDownscaleFactor 2 needs bucket sides that are multiples of 64 px: use factor 1, "
-        "or a square or medium bucket (training and validation)",
+        "message": f"referenceDownscaleFactor {'/'.join(map(str, factors))} needs bucket sides that are multiples "
+        f"of {sides} px: use factor 1, or a square or medium bucket (training and validation)",
         "fieldPath": ".referenceDownscaleFactor",
     }
 
