@@ -3,11 +3,22 @@
 Every decision is made by `reconcile.decide.decide`; this module only gathers
 observations (Kubernetes objects from kopf's in-memory indexes, reports from
 the object store) and carries out the plan.
+
+Two paths lead to one reconcile: every watch event of a training (`kopf.on.event`), and
+one operator-wide ticker that revisits unfinished trainings. Neither uses kopf's
+per-object bookkeeping: the reconcile is level-based (it reads the world, not a diff),
+so kopf's finalizer (per-object timers require one), handler-progress and
+last-handled-configuration annotations would only cost writes: three PATCHes per
+training on a busy API server, and a resource that cannot be deleted while the
+operator is down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +67,41 @@ from iclora_trainer.contract import (
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 EVENT_MESSAGE_MAX = 1024
+# How long a reconcile waits for the watch to show its own status write before it trusts
+# an older copy again (the watch may lag under a burst; a lost write must not block forever).
+ECHO_DEADLINE_SECONDS = 60.0
+
+
+class RetryLater(RuntimeError):
+    """Something outside the training is not ready (store down, profile broken): try again later."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """kopf's in-memory indexes (live mappings, the same objects for the operator's lifetime)."""
+
+    jobs: kopf.Index
+    profiles: kopf.Index
+    trainings: kopf.Index
+
+
+def resource_version_reached(seen: str | None, expected: str) -> bool:
+    """Whether an object at `seen` already includes the write that returned `expected`.
+
+    Kubernetes resourceVersions are opaque strings; the API server backed by etcd hands out
+    increasing integers (comparable since Kubernetes 1.35). Anything else compares for equality.
+    """
+    if seen is None:
+        return False
+    if seen == expected:
+        return True
+    if seen.isdigit() and expected.isdigit():
+        return int(seen) >= int(expected)
+    return False
 
 
 @dataclass
@@ -70,10 +116,24 @@ class Memo:
     reports: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
     misses: dict[tuple[str, str], float] = field(default_factory=dict)
     last_reconciled: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    # The latest copy of each training the watch delivered (what the ticker revisits).
+    bodies: dict[str, kopf.Body] = field(default_factory=dict)
+    object_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # uid -> (resourceVersion our last status write returned, deadline to see it by).
+    expected: dict[str, tuple[str, float]] = field(default_factory=dict)
+    retry_at: dict[str, float] = field(default_factory=dict)
+    warned: dict[str, str] = field(default_factory=dict)
+    indexes: Indexes | None = None
+    ticker: asyncio.Task[None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __copy__(self) -> Memo:
+        # kopf hands each resource a shallow copy of the operator's memo; the ticker and the
+        # event handlers must share one (an attribute set on a copy would stay there).
+        return self
+
     def quiet(self, uid: str, key: Any, due: float | None) -> bool:
-        """Whether a timer tick may skip: what it observes is unchanged and the poll is not due."""
+        """Whether a reconcile may skip: what it observes is unchanged and no poll is due."""
         if due is None:
             return False
         with self.lock:
@@ -83,6 +143,58 @@ class Memo:
     def reconciled(self, uid: str, key: Any) -> None:
         with self.lock:
             self.last_reconciled[uid] = (key, time.monotonic())
+
+    def expect(self, uid: str, resource_version: str) -> None:
+        """Our status write returned this version: copies older than it are stale."""
+        with self.lock:
+            self.expected[uid] = (resource_version, time.monotonic() + ECHO_DEADLINE_SECONDS)
+
+    def fresh(self, uid: str, resource_version: str | None) -> bool:
+        """Whether a copy of the training includes our last status write (or waited long enough)."""
+        with self.lock:
+            pending = self.expected.get(uid)
+            if pending is None:
+                return True
+            want, deadline = pending
+            if resource_version_reached(resource_version, want) or time.monotonic() > deadline:
+                del self.expected[uid]
+                return True
+            return False
+
+    def object_lock(self, uid: str) -> threading.Lock:
+        with self.lock:
+            return self.object_locks.setdefault(uid, threading.Lock())
+
+    def track(self, body: kopf.Body) -> None:
+        with self.lock:
+            self.bodies[body.metadata.uid] = body
+
+    def latest(self, uid: str) -> kopf.Body | None:
+        with self.lock:
+            return self.bodies.get(uid)
+
+    def tick_candidates(self) -> list[kopf.Body]:
+        """Trainings the ticker may revisit: unfinished, not being deleted, not backing off."""
+        now = time.monotonic()
+        with self.lock:
+            return [
+                body for uid, body in self.bodies.items()
+                if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES
+                and not body.metadata.get("deletionTimestamp")
+                and self.retry_at.get(uid, 0.0) <= now
+            ]
+
+    def retry_later(self, uid: str, delay: float) -> None:
+        with self.lock:
+            self.retry_at[uid] = time.monotonic() + delay
+
+    def warn_once(self, uid: str, message: str) -> bool:
+        """True the first time this message is seen for this training (an Event, not a flood)."""
+        with self.lock:
+            if self.warned.get(uid) == message:
+                return False
+            self.warned[uid] = message
+            return True
 
     def store(self, creds: Credentials) -> ObjectStore:
         with self.lock:
@@ -119,7 +231,9 @@ class Memo:
             for table in (self.reports, self.misses):
                 for key in [k for k in table if k[0] == uid]:
                     del table[key]
-            self.last_reconciled.pop(uid, None)
+            for per_uid in (self.last_reconciled, self.bodies, self.object_locks, self.expected, self.retry_at,
+                            self.warned):
+                per_uid.pop(uid, None)
 
     def namespace_lock(self, namespace: str) -> threading.Lock:
         with self.lock:
@@ -219,7 +333,7 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
         try:
             profile = profile_spec_from_object(raw_profile)
         except ValueError as exc:
-            raise kopf.TemporaryError(f"TrainingProfile {profile_name} is invalid: {exc}", delay=60) from exc
+            raise RetryLater(f"TrainingProfile {profile_name} is invalid: {exc}", delay=60) from exc
     obs = replace(base, spec=spec, profile_name=profile_name, profile=profile)
     if profile is None:
         return obs, None
@@ -286,30 +400,43 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
             try:
                 kube.set_job_suspend(ctx.namespace, ctx.names.training, action == Action.SUSPEND_TRAINING, kueue)
             except NotReadyYet as exc:
-                raise kopf.TemporaryError(str(exc), delay=2) from exc
+                raise RetryLater(str(exc), delay=2) from exc
 
 
-def _write_status(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any]) -> None:
-    current = dict(body.get("status") or {})
-    if current == status:
-        return
-    for key in current:
-        if key not in status:
-            patch.status[key] = None  # merge-patch null deletes the field
-    for key, value in status.items():
-        if current.get(key) != value:
-            patch.status[key] = value
+def status_patch(current: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns `current` status into `status` (empty: nothing to write)."""
+    patch: dict[str, Any] = {key: None for key in current if key not in status}  # null deletes
+    patch.update({key: value for key, value in status.items() if current.get(key) != value})
+    return patch
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
-              iclora_profiles: kopf.Index, iclora_trainings: kopf.Index) -> None:
+def _observable_key(body: kopf.Body, jobs: kopf.Index, status: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """What a reconcile reads from the cluster for this training: spec generation, labels, status, Jobs.
+
+    Job changes reach the index from the watch, so a changed key means there is news. After a
+    status write, the key is taken with the written status: the watch's echo of it is no news.
+    """
+    meta = body.metadata
+    ns, names = meta.namespace, ChildNames.of(meta.name)
+    return (
+        meta.get("generation"),
+        dict(meta.get("labels") or {}),
+        dict(body.get("status") or {}) if status is None else status,
+        repr(_first(jobs, (ns, names.preflight))),
+        repr(_first(jobs, (ns, names.training))),
+    )
+
+
+def reconcile(body: kopf.Body, memo: Memo, indexes: Indexes) -> None:
+    """Observe, decide, act, post the plan's Events and write the status (one merge patch)."""
     now = datetime.now(UTC)
-    ns = body.metadata.namespace
+    meta = body.metadata
+    ns = meta.namespace
     try:
-        obs, ctx = observe(memo, body, iclora_jobs, iclora_profiles, iclora_trainings)
+        obs, ctx = observe(memo, body, indexes.jobs, indexes.profiles, indexes.trainings)
     except ObjectStoreUnavailable as exc:
         memo.metrics.reconciles.labels("store-unavailable").inc()
-        raise kopf.TemporaryError(f"object store unavailable: {exc}", delay=10) from exc
+        raise RetryLater(f"object store unavailable: {exc}", delay=10) from exc
     plan = decide(obs, now, memo.settings.stale_progress_seconds)
     if ctx is not None and plan.actions:
         lock = memo.namespace_lock(ns) if Action.CREATE_TRAINING in plan.actions else None
@@ -329,16 +456,51 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.
             if lock:
                 lock.release()
     for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:EVENT_MESSAGE_MAX])
+        memo.kube.post_event(body, event.type, event.reason, event.message[:EVENT_MESSAGE_MAX])
     if plan.billed:
         memo.metrics.billing_units.labels(ns).inc(plan.billed)
-    memo.metrics.phases.set(body.metadata.uid, ns, plan.status["phase"])
+    memo.metrics.phases.set(meta.uid, ns, plan.status["phase"])
     memo.metrics.reconciles.labels("ok").inc()
-    _write_status(body, patch, plan.status)
+    patch = status_patch(dict(body.get("status") or {}), plan.status)
+    if patch:
+        version = memo.kube.patch_training_status(ns, meta.name, patch)
+        if version is not None:
+            memo.expect(meta.uid, version)
+    memo.reconciled(meta.uid, _observable_key(body, indexes.jobs, plan.status))
 
 
-def _not_terminal(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL_PHASES
+def reconcile_guarded(body: kopf.Body, memo: Memo, indexes: Indexes, due: float | None, *, wait: bool) -> None:
+    """One reconcile of one training at a time, on a copy that includes our own last write.
+
+    Errors stay with the training: logged, an Event once per distinct message, retried later.
+    """
+    uid = body.metadata.uid
+    lock = memo.object_lock(uid)
+    if not lock.acquire(blocking=wait):
+        return  # the other path is reconciling it right now
+    try:
+        if body.metadata.get("deletionTimestamp"):
+            return  # being deleted: children go with their owner references
+        if not memo.fresh(uid, body.metadata.get("resourceVersion")):
+            memo.metrics.reconciles.labels("stale").inc()
+            return
+        if memo.quiet(uid, _observable_key(body, indexes.jobs), due):
+            memo.metrics.reconciles.labels("skipped").inc()
+            return
+        reconcile(body, memo, indexes)
+    except RetryLater as exc:
+        memo.metrics.reconciles.labels("retry").inc()
+        memo.retry_later(uid, exc.delay)
+        log.warning("%s/%s: %s (retrying in %.0f s)", body.metadata.namespace, body.metadata.name, exc, exc.delay)
+        if memo.warn_once(uid, str(exc)):
+            memo.kube.post_event(body, "Warning", "Retrying", str(exc)[:EVENT_MESSAGE_MAX])
+    except Exception:
+        # Bad input or a bug must not stop the operator or other trainings; the ticker retries.
+        memo.metrics.reconciles.labels("error").inc()
+        memo.retry_later(uid, memo.settings.reconcile_interval_seconds)
+        log.exception("%s/%s: reconcile failed", body.metadata.namespace, body.metadata.name)
+    finally:
+        lock.release()
 
 
 # --- registration -------------------------------------------------------------------------
@@ -357,49 +519,65 @@ def _index_trainings(namespace: str, name: str, meta: kopf.Meta, status: kopf.St
     return {namespace: (meta.get("creationTimestamp") or "", name, status.get("phase") or "")}
 
 
-def _observable_key(body: kopf.Body, jobs: kopf.Index) -> tuple[Any, ...]:
-    """What a reconcile reads from the cluster for this training: spec generation, status, its Jobs.
+def _on_event(event: dict[str, Any], body: kopf.Body, memo: Memo, iclora_jobs: kopf.Index,
+              iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
+    """Every watch event of a training: creation, spec or label change, our own status echo, deletion."""
+    uid = body.metadata.uid
+    if event.get("type") == "DELETED":
+        # Children go with their owner references; artifacts stay (they are the user's).
+        memo.metrics.phases.forget(uid)
+        memo.forget(uid)
+        return
+    if memo.indexes is None:
+        memo.indexes = Indexes(iclora_jobs, iclora_profiles, iclora_trainings)
+    memo.track(body)
+    # An event reconciles unless it shows nothing new (the echo of our own status write).
+    reconcile_guarded(body, memo, memo.indexes, math.inf, wait=True)
 
-    Job changes reach the index from the watch, so a changed key means there is news.
+
+def _tick(uid: str, memo: Memo, indexes: Indexes) -> None:
+    # The latest copy, not the one the tick was planned on: the watch may have delivered the
+    # echo of a write (and cleared its expectation) since; the planned copy predates that write.
+    body = memo.latest(uid)
+    if body is None:
+        return  # deleted meanwhile
+    due = memo.settings.quiet_tick_due((body.get("status") or {}).get("phase"))
+    reconcile_guarded(body, memo, indexes, due, wait=False)
+
+
+async def _tick_forever(memo: Memo, executor: Any) -> None:
+    """Revisit unfinished trainings every interval: Job changes, progress polls, free slots, retries.
+
+    One task for the whole operator (not a kopf timer per training): a tick that can observe
+    nothing new is decided here without a thread, so many quiet trainings cost next to nothing
+    and never queue ahead of new ones.
     """
-    ns, names = body.metadata.namespace, ChildNames.of(body.metadata.name)
-    status = body.get("status") or {}
-    return (
-        body.metadata.get("generation"),
-        status.get("phase"),
-        status.get("observedGeneration"),
-        repr(_first(jobs, (ns, names.preflight))),
-        repr(_first(jobs, (ns, names.training))),
-    )
+    loop = asyncio.get_running_loop()
+    interval = memo.settings.reconcile_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        indexes = memo.indexes
+        if indexes is None:
+            continue
+        due = [body for body in memo.tick_candidates()
+               if not memo.quiet(body.metadata.uid, _observable_key(body, indexes.jobs),
+                                 memo.settings.quiet_tick_due((body.get("status") or {}).get("phase")))]
+        calls = [loop.run_in_executor(executor, contextvars.copy_context().run, _tick, body.metadata.uid, memo,
+                                      indexes) for body in due]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("tick failed: %r", outcome)
 
 
-def _on_change(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
-               iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
-    reconcile(body, patch, memo, iclora_jobs, iclora_profiles, iclora_trainings)
-    memo.reconciled(body.metadata.uid, _observable_key(body, iclora_jobs))
+async def _start_ticker(memo: Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+    memo.ticker = asyncio.create_task(_tick_forever(memo, settings.execution.executor), name="iclora ticker")
 
 
-def _on_tick(body: kopf.Body, patch: kopf.Patch, memo: Memo, iclora_jobs: kopf.Index,
-             iclora_profiles: kopf.Index, iclora_trainings: kopf.Index, **_: Any) -> None:
-    # With many trainings, full reconciles on every tick would crowd out new ones: a tick that
-    # can observe nothing new (same Jobs, same spec and status, no poll due) returns at once.
-    phase = (body.get("status") or {}).get("phase")
-    if not phase:
-        # Not reconciled yet: the creation (or resume) handler makes first contact. Under a
-        # backlog a tick would otherwise race it, and both would create the same children.
-        memo.metrics.reconciles.labels("skipped").inc()
-        return
-    due = memo.settings.quiet_tick_due(phase)
-    if memo.quiet(body.metadata.uid, _observable_key(body, iclora_jobs), due):
-        memo.metrics.reconciles.labels("skipped").inc()
-        return
-    _on_change(body, patch, memo, iclora_jobs, iclora_profiles, iclora_trainings)
-
-
-def _on_delete(uid: str, memo: Memo, **_: Any) -> None:
-    # Children go with their owner references; artifacts stay (they are the user's).
-    memo.metrics.phases.forget(uid)
-    memo.forget(uid)
+async def _stop_ticker(memo: Memo, **_: Any) -> None:
+    if memo.ticker is not None:
+        memo.ticker.cancel()
+        await asyncio.gather(memo.ticker, return_exceptions=True)
+        memo.ticker = None
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -410,13 +588,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                registry=registry)(_index_jobs)
     kopf.index(API_GROUP, API_VERSION, PROFILE_PLURAL, id="iclora_profiles", registry=registry)(_index_profiles)
     kopf.index(*crd, id="iclora_trainings", registry=registry)(_index_trainings)
-    kopf.on.resume(*crd, id="reconcile-resume", registry=registry)(_on_change)
-    kopf.on.create(*crd, id="reconcile-create", registry=registry)(_on_change)
-    kopf.on.update(*crd, field="spec", id="reconcile-update", registry=registry)(_on_change)
-    # The timer only ticks for objects that have been quiet for an interval: a change is
-    # already handled by the change handlers, and a burst of creations must not double up.
-    interval = settings.reconcile_interval_seconds
-    kopf.timer(*crd, interval=interval, initial_delay=interval, idle=interval, when=_not_terminal,
-               id="reconcile-timer", registry=registry)(_on_tick)
-    kopf.on.delete(*crd, optional=True, id="forget", registry=registry)(_on_delete)
+    kopf.on.event(*crd, id="reconcile", registry=registry)(_on_event)
+    kopf.on.startup(id="ticker-start", registry=registry)(_start_ticker)
+    kopf.on.cleanup(id="ticker-stop", registry=registry)(_stop_ticker)
     return registry

@@ -23,16 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def kopf_settings(settings: Any) -> Any:
-    """kopf's own settings: bookkeeping under our prefix, bounded watches, events we post ourselves."""
+    """kopf's own settings: no bookkeeping on the trainings, bounded watches, events we post ourselves."""
     import kopf
 
     ks = kopf.OperatorSettings()
+    # No handler needs a finalizer (the reconcile is level-based, children go with owner
+    # references). Naming the one older versions added lets kopf remove it from old trainings.
     ks.persistence.finalizer = "iclora.dev/finalizer"
-    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="iclora.dev")
-    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="iclora.dev", key="last-handled-configuration"
-    )
-    # kopf's own handler-progress events are noise to tenants; ours carry the reasons.
+    # kopf's own messages are noise to tenants; our Events carry the reasons.
     ks.posting.level = logging.WARNING
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330

@@ -253,13 +253,29 @@ def test_deleting_the_training_collects_its_children(trainings, operator_factory
     from kubernetes import client
 
     profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
-    operator_factory([trainings.namespace])
+    operator = operator_factory([trainings.namespace])
     obj = trainings.create("g", {**SPEC, "profileRef": {"name": profile}})
     uid = obj["metadata"]["uid"]
     wait_for(lambda: trainings.jobs(uid), timeout=60, what="preflight Job")
+    wait_for(lambda: trainings.phase("g") == "Preflight", timeout=30, what="phase Preflight")
     core = client.CoreV1Api(k8s_api)
     assert core.read_namespaced_secret("g-store", trainings.namespace).metadata.owner_references[0].uid == uid
+    # No finalizer and no bookkeeping annotations: a GitOps prune or `kubectl delete` never
+    # waits for the operator, and its metadata never drifts from what was applied.
+    meta = trainings.get("g")["metadata"]
+    assert not meta.get("finalizers")
+    assert not [k for k in meta.get("annotations") or {} if k.startswith(("iclora.dev/", "kopf.zalando.org/"))]
+    operator.stop()
+
+    def training_gone() -> bool:
+        try:
+            trainings.get("g")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
     trainings.delete("g")
+    wait_for(training_gone, timeout=30, what="training deleted while the operator is down")
     wait_for(lambda: not trainings.jobs(uid), timeout=60, what="Jobs collected")
 
     def secret_gone() -> bool:
@@ -295,7 +311,7 @@ def test_gitops_apply_twice_changes_nothing_and_spec_is_never_written(local_clus
     obj = trainings.get("git")
     play_trainer(s3_store, trainings.namespace, "git", obj["metadata"]["uid"])
     wait_for(lambda: trainings.phase("git") == "Succeeded", timeout=90, what="Succeeded")
-    # The operator's last writes (billing, conditions, kopf's bookkeeping) may trail the phase
+    # The operator's last writes (billing, conditions) may trail the phase
     # on a loaded machine: compare against the object at rest.
     seen: list[str] = []
 

@@ -16,7 +16,7 @@ app.kubernetes.io/component: operator
 {{- define "iclora.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 {{/* The operator's permissions inside a watched namespace (Role or ClusterRole rules). */}}
 {{- define "iclora.namespacedRules" -}}
-# Application: the trainings themselves. kopf patches annotations (its bookkeeping) and status.
+# Application: the trainings themselves (patch: kopf drops the finalizer older versions added).
 - apiGroups: ["iclora.dev"]
   resources: ["maskedicloratrainings"]
   verbs: ["get", "list", "watch", "patch"]

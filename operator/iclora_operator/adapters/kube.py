@@ -5,17 +5,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from iclora_operator.reconcile.observed import JobState
 from iclora_operator.render import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING, LABEL_UID, MANAGED_BY
 
 log = logging.getLogger(__name__)
 
 SUSPENDED_BY_USER = "iclora.dev/suspended-by-user"
+EVENT_SOURCE = "iclora-operator"
 KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta2", "workloads"
 
 
@@ -124,6 +128,37 @@ class Kube:
             state = job_state(job, "")
             running += not (state.complete or state.failed or state.suspended)
         return running
+
+    # --- the trainings --------------------------------------------------------------------
+    def patch_training_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None:
+        """Merge-patch a training's status subresource; its new resourceVersion, None if it is gone."""
+        try:
+            response = self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _json(response)["metadata"]["resourceVersion"]
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about a training (what `kubectl describe` and the tests list)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
+                               "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message,
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+        except ApiException as exc:
+            # An Event is a courtesy: losing one (namespace terminating, quota) must not fail a reconcile.
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         secret = self.read("Secret", namespace, name)

@@ -177,9 +177,11 @@ def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
         usable = report.usable if report else 0
         draft.preflight = (True, Reason.PASSED, f"{usable} usable triplets")
         return True
+    # Creating a Job and then seeing it must decide the same status (one status write, not two).
+    checking = "checking the dataset"
     if job is None:
         draft.actions.append(Action.CREATE_PREFLIGHT)
-        draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, "starting the preflight")
+        draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, checking)
         return False
     if not job.owned:
         _fail(draft, Reason.NAME_CONFLICT, f"{job.name} exists and does not belong to this training")
@@ -191,8 +193,17 @@ def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
                            message)
         _fail(draft, reason, message)
         return False
-    draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, "checking the dataset")
+    draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, checking)
     return False
+
+
+WAITING_FOR_KUEUE = "waiting for Kueue admission"
+
+
+def _running(draft: _Draft) -> None:
+    """A training Job that runs (or was just created to run): the same status either way."""
+    draft.set(Phase.TRAINING, Reason.TRAINING, "training")
+    draft.admitted = (True, Reason.ADMITTED, "training Job admitted")
 
 
 def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
@@ -217,11 +228,10 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
         draft.actions.append(Action.CREATE_TRAINING)
         draft.extra["startTime"] = _iso(now)
         if obs.kueue_managed:
-            draft.set(Phase.QUEUED, Reason.QUEUED, "waiting for Kueue admission")
+            draft.set(Phase.QUEUED, Reason.QUEUED, WAITING_FOR_KUEUE)
             draft.admitted = (False, Reason.WAITING_FOR_QUOTA, draft.message)
         else:
-            draft.set(Phase.TRAINING, Reason.TRAINING, "training started")
-            draft.admitted = (True, Reason.ADMITTED, "training Job created")
+            _running(draft)
         return
     if not job.owned:
         _fail(draft, Reason.NAME_CONFLICT, f"{job.name} exists and does not belong to this training")
@@ -270,11 +280,10 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
                            for c in prev.get("conditions") or [])
         why = Reason.EVICTED if was_admitted else Reason.WAITING_FOR_QUOTA
         draft.phase, draft.reason = Phase.QUEUED, Reason.QUEUED
-        draft.message = "evicted by Kueue; resumes from checkpoint" if was_admitted else "waiting for Kueue"
+        draft.message = "evicted by Kueue; resumes from checkpoint" if was_admitted else WAITING_FOR_KUEUE
         draft.admitted = (False, why, draft.message)
         return
-    draft.set(Phase.TRAINING, Reason.TRAINING, "training")
-    draft.admitted = (True, Reason.ADMITTED, "training Job running")
+    _running(draft)
 
 
 def _stale(obs: Observed, now: datetime, stale_after: int) -> bool:

@@ -107,6 +107,20 @@ def test_preflight_passed_creates_training_job():
     assert conds(s)["PreflightSucceeded"] == ("True", "Passed")
 
 
+@pytest.mark.parametrize("kueue", [False, True])
+def test_creating_a_job_and_then_seeing_it_decide_the_same_status(kueue):
+    # One status write per stage: the reconcile that sees the Job it created writes nothing.
+    created = decide(BASE, NOW)
+    seen = decide(replace(BASE, preflight_job=job("t-preflight"), status=created.status), NOW)
+    assert seen.actions == () and seen.status == created.status
+    passed = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                     kueue_managed=kueue)
+    created = decide(passed, NOW)
+    assert created.actions == (Action.CREATE_TRAINING,)
+    seen = decide(replace(passed, training_job=job(suspended=kueue), status=created.status), NOW)
+    assert seen.actions == () and seen.status == created.status
+
+
 def test_concurrency_limit_queues():
     obs = replace(BASE, preflight_report=PASSED, slot_available=False)
     plan = decide(obs, NOW)

@@ -1,4 +1,4 @@
-"""Timer ticks: when a tick may skip the full reconcile (many trainings must not crowd out new ones)."""
+"""The reconcile's pacing: when a tick may skip, which copies are stale, what the ticker revisits."""
 
 from __future__ import annotations
 
@@ -37,3 +37,69 @@ def test_a_tick_skips_only_while_nothing_changed_and_no_poll_is_due():
     assert not memo.quiet("uid", ("k",), 60.0)  # the poll is due
     memo.forget("uid")
     assert "uid" not in memo.last_reconciled
+
+
+def _memo():
+    from iclora_operator.handlers import Memo
+
+    return Memo(settings=OperatorSettings(), kube=None, metrics=None)  # type: ignore[arg-type]
+
+
+def test_a_copy_older_than_our_own_status_write_is_stale_until_the_echo_arrives():
+    # Without this, the ticker would act on the copy from before our write and create twice.
+    memo = _memo()
+    assert memo.fresh("uid", "100")  # nothing written yet
+    memo.expect("uid", "105")
+    assert not memo.fresh("uid", "100")
+    assert not memo.fresh("uid", None)
+    assert memo.fresh("uid", "107")  # newer than our write (kopf may batch events): includes it
+    assert memo.fresh("uid", "100")  # the expectation is cleared once met
+
+
+def test_a_lost_echo_does_not_block_a_training_forever(monkeypatch):
+    from iclora_operator import handlers
+
+    memo = _memo()
+    memo.expect("uid", "105")
+    later = time.monotonic() + handlers.ECHO_DEADLINE_SECONDS + 1
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: later)
+    assert memo.fresh("uid", "100")
+
+
+@pytest.mark.parametrize(("seen", "expected", "reached"), [
+    ("7", "7", True), ("10", "9", True), ("9", "10", False), (None, "1", False),
+    ("opaque-b", "opaque-a", False), ("opaque-a", "opaque-a", True),
+])
+def test_resource_versions_compare_as_numbers_only_when_they_are_numbers(seen, expected, reached):
+    from iclora_operator.handlers import resource_version_reached
+
+    assert resource_version_reached(seen, expected) is reached
+
+
+def test_status_patch_sets_changed_fields_and_deletes_dropped_ones():
+    from iclora_operator.handlers import status_patch
+
+    current = {"phase": "Training", "progress": {"step": 3}, "failure": {"reason": "X"}}
+    assert status_patch(current, dict(current)) == {}
+    assert status_patch(current, {"phase": "Training", "progress": {"step": 4}}) == {
+        "progress": {"step": 4}, "failure": None}
+
+
+def test_the_ticker_revisits_unfinished_trainings_not_backing_off_nor_being_deleted():
+    import kopf
+
+    memo = _memo()
+
+    def body(uid, phase=None, deleting=False):
+        meta = {"uid": uid, "name": uid, "namespace": "ns"}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+        return kopf.Body({"metadata": meta, "status": {"phase": phase} if phase else {}})
+
+    for b in (body("new"), body("running", "Training"), body("done", "Succeeded"), body("failed", "Failed"),
+              body("gone", "Training", deleting=True), body("retry", "Pending")):
+        memo.track(b)
+    memo.retry_later("retry", 60.0)
+    assert sorted(b.metadata.uid for b in memo.tick_candidates()) == ["new", "running"]
+    memo.forget("running")
+    assert sorted(b.metadata.uid for b in memo.tick_candidates()) == ["new"]
