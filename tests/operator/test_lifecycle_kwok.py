@@ -288,6 +288,21 @@ def test_deleting_the_training_collects_its_children(trainings, operator_factory
     wait_for(secret_gone, timeout=60, what="Secret collected")
 
 
+def test_the_finalizer_of_older_versions_is_removed_so_old_trainings_can_be_deleted(trainings, operator_factory,
+                                                                                   profile_factory):
+    from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
+    # A training as an operator before 2026-11-30 left it: its finalizer on, status Preflight.
+    trainings.api.create_namespaced_custom_object(API_GROUP, API_VERSION, trainings.namespace, PLURAL, {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MaskedICLoraTraining",
+        "metadata": {"name": "old", "finalizers": ["iclora.dev/finalizer"]},
+        "spec": {**SPEC, "profileRef": {"name": profile}}})
+    operator_factory([trainings.namespace])
+    wait_for(lambda: not trainings.get("old")["metadata"].get("finalizers"), timeout=30, what="finalizer removed")
+    wait_for(lambda: trainings.phase("old") == "Preflight", timeout=30, what="still reconciled")
+
+
 def test_gitops_apply_twice_changes_nothing_and_spec_is_never_written(local_cluster, trainings, operator_factory,
                                                                       profile_factory, s3_store):
     import subprocess
