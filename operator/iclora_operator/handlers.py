@@ -488,6 +488,7 @@ def reconcile_guarded(body: kopf.Body, memo: Memo, indexes: Indexes, due: float 
             memo.metrics.reconciles.labels("skipped").inc()
             return
         reconcile(body, memo, indexes)
+        memo.warned.pop(uid, None)  # a problem that comes back later gets its Event again
     except RetryLater as exc:
         memo.metrics.reconciles.labels("retry").inc()
         memo.retry_later(uid, exc.delay)
