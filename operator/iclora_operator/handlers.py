@@ -546,32 +546,40 @@ def _tick(uid: str, memo: Memo, indexes: Indexes) -> None:
     reconcile_guarded(body, memo, indexes, due, wait=False)
 
 
-async def _tick_forever(memo: Memo, executor: Any) -> None:
+async def _tick_forever(memo: Memo, executor: Any, threads: int) -> None:
     """Revisit unfinished trainings every interval: Job changes, progress polls, free slots, retries.
 
     One task for the whole operator (not a kopf timer per training): a tick that can observe
-    nothing new is decided here without a thread, so many quiet trainings cost next to nothing
-    and never queue ahead of new ones.
+    nothing new is decided here without a thread, so many quiet trainings cost next to nothing.
+    The due ones use at most `threads` of the shared pool at once, so that watch events (a new
+    training) never queue behind a whole tick of old ones.
     """
     loop = asyncio.get_running_loop()
     interval = memo.settings.reconcile_interval_seconds
+    slots = asyncio.Semaphore(threads)
+
+    async def tick(uid: str, indexes: Indexes) -> None:
+        async with slots:
+            await loop.run_in_executor(executor, contextvars.copy_context().run, _tick, uid, memo, indexes)
+
     while True:
         await asyncio.sleep(interval)
         indexes = memo.indexes
         if indexes is None:
             continue
-        due = [body for body in memo.tick_candidates()
+        due = [body.metadata.uid for body in memo.tick_candidates()
                if not memo.quiet(body.metadata.uid, _observable_key(body, indexes.jobs),
                                  memo.settings.quiet_tick_due((body.get("status") or {}).get("phase")))]
-        calls = [loop.run_in_executor(executor, contextvars.copy_context().run, _tick, body.metadata.uid, memo,
-                                      indexes) for body in due]
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        for outcome in await asyncio.gather(*(tick(uid, indexes) for uid in due), return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.error("tick failed: %r", outcome)
 
 
 async def _start_ticker(memo: Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
-    memo.ticker = asyncio.create_task(_tick_forever(memo, settings.execution.executor), name="iclora ticker")
+    # Half of kopf's handler threads: the other half stays free for watch events.
+    threads = max(1, (settings.execution.max_workers or 2) // 2)
+    memo.ticker = asyncio.create_task(_tick_forever(memo, settings.execution.executor, threads),
+                                      name="iclora ticker")
 
 
 async def _stop_ticker(memo: Memo, **_: Any) -> None:

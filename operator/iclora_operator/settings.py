@@ -43,7 +43,7 @@ class OperatorSettings(BaseSettings):
         default=False, description="Leave queue-labelled training Jobs to Kueue (created suspended)."
     )
     reconcile_interval_seconds: float = Field(
-        default=5.0, gt=0, description="Timer tick: how soon a change of a training's Jobs is acted on."
+        default=5.0, gt=0, description="Ticker interval: how soon a change of a training's Jobs is acted on."
     )
     progress_poll_seconds: float | None = Field(
         default=None, gt=0, description="How often a training's progress is read from the store (3 ticks)."
@@ -68,7 +68,7 @@ class OperatorSettings(BaseSettings):
     health_port: int = 8081
 
     def quiet_tick_due(self, phase: str | None) -> float | None:
-        """Seconds after which a timer tick reconciles a training whose Jobs and spec did not change.
+        """Seconds after which a tick reconciles a training whose Jobs and spec did not change.
 
         None: every tick reconciles (phases waiting on something no index shows: a free slot,
         a Secret). A training's progress lives in the object store, so Training polls it.
