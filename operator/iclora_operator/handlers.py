@@ -166,8 +166,13 @@ class Memo:
             return self.object_locks.setdefault(uid, threading.Lock())
 
     def track(self, body: kopf.Body) -> None:
+        """Keep the latest copy of an unfinished training; a finished one is never ticked again."""
+        uid = body.metadata.uid
         with self.lock:
-            self.bodies[body.metadata.uid] = body
+            if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                self.bodies.pop(uid, None)
+            else:
+                self.bodies[uid] = body
 
     def latest(self, uid: str) -> kopf.Body | None:
         with self.lock:

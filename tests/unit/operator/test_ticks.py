@@ -101,5 +101,9 @@ def test_the_ticker_revisits_unfinished_trainings_not_backing_off_nor_being_dele
         memo.track(b)
     memo.retry_later("retry", 60.0)
     assert sorted(b.metadata.uid for b in memo.tick_candidates()) == ["new", "running"]
+    assert "done" not in memo.bodies and "failed" not in memo.bodies  # finished: not kept in memory
+    memo.track(body("running", "Succeeded"))
+    assert memo.latest("running") is None
+    memo.track(body("running", "Training"))
     memo.forget("running")
     assert sorted(b.metadata.uid for b in memo.tick_candidates()) == ["new"]
