@@ -288,6 +288,25 @@ def test_deleting_the_training_collects_its_children(trainings, operator_factory
     wait_for(secret_gone, timeout=60, what="Secret collected")
 
 
+def test_a_store_that_refuses_the_tenants_credentials_is_retried_with_one_warning(trainings, operator_factory,
+                                                                                profile_factory, s3_store, k8s_api):
+    from kubernetes import client
+
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
+    client.CoreV1Api(k8s_api).create_namespaced_secret(trainings.namespace, {
+        "metadata": {"name": "creds"},
+        "stringData": {"AWS_ENDPOINT_URL": s3_store.endpoint, "AWS_ACCESS_KEY_ID": "wrong",
+                       "AWS_SECRET_ACCESS_KEY": "wrong"}})
+    operator_factory([trainings.namespace])
+    output = {"url": f"s3://{s3_store.bucket}/tenant", "credentialsSecretRef": {"name": "creds"}}
+    trainings.create("r", {**SPEC, "profileRef": {"name": profile}, "output": output})
+    warnings = wait_for(lambda: trainings.events("r", "Retrying"), timeout=60, what="Retrying event")
+    assert "object store unavailable" in warnings[0].message and warnings[0].type == "Warning"
+    time.sleep(15)  # retries go on (every 10 s) ...
+    assert len(trainings.events("r", "Retrying")) == 1  # ... with one Event, not one per retry
+    assert trainings.phase("r") == "Preflight"  # not the user's fault: never failed for it
+
+
 def test_the_finalizer_of_older_versions_is_removed_so_old_trainings_can_be_deleted(trainings, operator_factory,
                                                                                    profile_factory):
     from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL

@@ -31,7 +31,7 @@ class Credentials:
 
 def client_for(creds: Credentials) -> Minio:
     parts = urlsplit(creds.endpoint)
-    # Fail fast: a handler thread must not sit in long retry loops; kopf retries the reconcile.
+    # Fail fast: a handler thread must not sit in long retry loops; the ticker retries the reconcile.
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=3.0, read=15.0),
         maxsize=32,
