@@ -104,6 +104,10 @@ def resource_version_reached(seen: str | None, expected: str) -> bool:
     return False
 
 
+def _phase(body: kopf.Body) -> str | None:
+    return (body.get("status") or {}).get("phase")
+
+
 @dataclass
 class Memo:
     """Long-lived state of one operator process, passed through kopf's memo (no globals)."""
@@ -169,7 +173,7 @@ class Memo:
         """Keep the latest copy of an unfinished training; a finished one is never ticked again."""
         uid = body.metadata.uid
         with self.lock:
-            if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            if _phase(body) in TERMINAL_PHASES:
                 self.bodies.pop(uid, None)
             else:
                 self.bodies[uid] = body
@@ -184,7 +188,7 @@ class Memo:
         with self.lock:
             return [
                 body for uid, body in self.bodies.items()
-                if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES
+                if _phase(body) not in TERMINAL_PHASES
                 and not body.metadata.get("deletionTimestamp")
                 and self.retry_at.get(uid, 0.0) <= now
             ]
@@ -200,6 +204,11 @@ class Memo:
                 return False
             self.warned[uid] = message
             return True
+
+    def clear_warning(self, uid: str) -> None:
+        """After a good reconcile: a problem that comes back gets its Event again."""
+        with self.lock:
+            self.warned.pop(uid, None)
 
     def store(self, creds: Credentials) -> ObjectStore:
         with self.lock:
@@ -493,7 +502,7 @@ def reconcile_guarded(body: kopf.Body, memo: Memo, indexes: Indexes, due: float 
             memo.metrics.reconciles.labels("skipped").inc()
             return
         reconcile(body, memo, indexes)
-        memo.warned.pop(uid, None)  # a problem that comes back later gets its Event again
+        memo.clear_warning(uid)
     except RetryLater as exc:
         memo.metrics.reconciles.labels("retry").inc()
         memo.retry_later(uid, exc.delay)
@@ -547,8 +556,7 @@ def _tick(uid: str, memo: Memo, indexes: Indexes) -> None:
     body = memo.latest(uid)
     if body is None:
         return  # deleted meanwhile
-    due = memo.settings.quiet_tick_due((body.get("status") or {}).get("phase"))
-    reconcile_guarded(body, memo, indexes, due, wait=False)
+    reconcile_guarded(body, memo, indexes, memo.settings.quiet_tick_due(_phase(body)), wait=False)
 
 
 async def _tick_forever(memo: Memo, executor: Any, threads: int) -> None:
@@ -574,7 +582,7 @@ async def _tick_forever(memo: Memo, executor: Any, threads: int) -> None:
             continue
         due = [body.metadata.uid for body in memo.tick_candidates()
                if not memo.quiet(body.metadata.uid, _observable_key(body, indexes.jobs),
-                                 memo.settings.quiet_tick_due((body.get("status") or {}).get("phase")))]
+                                 memo.settings.quiet_tick_due(_phase(body)))]
         for outcome in await asyncio.gather(*(tick(uid, indexes) for uid in due), return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.error("tick failed: %r", outcome)

@@ -71,11 +71,15 @@ class OperatorSettings(BaseSettings):
         """Seconds after which a tick reconciles a training whose Jobs and spec did not change.
 
         None: every tick reconciles (phases waiting on something no index shows: a free slot,
-        a Secret). A training's progress lives in the object store, so Training polls it.
+        a Secret). Stage reports live in the object store, not in any index: Training polls its
+        progress, Preflight looks for its report (written just before the pod ends).
         """
         tick = self.reconcile_interval_seconds
+        resync = self.resync_seconds or 12 * tick
         if phase in ("Pending", "Queued"):
             return None
         if phase == "Training":
             return self.progress_poll_seconds or 3 * tick
-        return self.resync_seconds or 12 * tick
+        if phase == "Preflight":
+            return min(self.report_poll_seconds, resync)
+        return resync

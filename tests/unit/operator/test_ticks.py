@@ -11,17 +11,19 @@ from iclora_operator.settings import OperatorSettings
 
 @pytest.mark.parametrize(
     ("phase", "due"),
-    [("Pending", None), ("Queued", None), ("Training", 15.0), ("Preflight", 60.0), ("Suspended", 60.0)],
+    [("Pending", None), ("Queued", None), ("Training", 15.0), ("Preflight", 30.0), ("Suspended", 60.0)],
 )
 def test_quiet_tick_due_by_phase(phase, due):
     # Waiting phases depend on things no index shows (a free slot, a Secret): every tick looks.
-    # Training polls its progress from the store; the rest resync now and then.
+    # Training polls its progress from the store, Preflight its report; the rest resync now and then.
     assert OperatorSettings(reconcile_interval_seconds=5.0).quiet_tick_due(phase) == due
 
 
 def test_explicit_poll_and_resync_settings_win():
-    s = OperatorSettings(reconcile_interval_seconds=1.0, progress_poll_seconds=7.0, resync_seconds=30.0)
-    assert s.quiet_tick_due("Training") == 7.0 and s.quiet_tick_due("Preflight") == 30.0
+    s = OperatorSettings(reconcile_interval_seconds=1.0, progress_poll_seconds=7.0, resync_seconds=30.0,
+                         report_poll_seconds=2.0)
+    assert s.quiet_tick_due("Training") == 7.0 and s.quiet_tick_due("Suspended") == 30.0
+    assert s.quiet_tick_due("Preflight") == 2.0
 
 
 def test_a_tick_skips_only_while_nothing_changed_and_no_poll_is_due():
