@@ -16,7 +16,6 @@ operator is down.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import threading
@@ -183,14 +182,13 @@ class Memo:
             return self.bodies.get(uid)
 
     def tick_candidates(self) -> list[kopf.Body]:
-        """Trainings the ticker may revisit: unfinished, not being deleted, not backing off."""
+        """Trainings the ticker may revisit (`track` keeps only unfinished ones): not being deleted,
+        not backing off."""
         now = time.monotonic()
         with self.lock:
             return [
                 body for uid, body in self.bodies.items()
-                if _phase(body) not in TERMINAL_PHASES
-                and not body.metadata.get("deletionTimestamp")
-                and self.retry_at.get(uid, 0.0) <= now
+                if not body.metadata.get("deletionTimestamp") and self.retry_at.get(uid, 0.0) <= now
             ]
 
     def retry_later(self, uid: str, delay: float) -> None:
@@ -573,7 +571,7 @@ async def _tick_forever(memo: Memo, executor: Any, threads: int) -> None:
 
     async def tick(uid: str, indexes: Indexes) -> None:
         async with slots:
-            await loop.run_in_executor(executor, contextvars.copy_context().run, _tick, uid, memo, indexes)
+            await loop.run_in_executor(executor, _tick, uid, memo, indexes)
 
     while True:
         await asyncio.sleep(interval)
