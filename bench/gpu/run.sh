@@ -29,7 +29,8 @@ export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 fast='attention_backends=cudnn|flash|efficient'
 variants=(
   --variant "activation_checkpointing=every:2,$fast"
-  --variant "activation_checkpointing=blocks:16,$fast,fp8_base=true"
+  --variant "activation_checkpointing=every:2,$fast,fused_lora=true"
+  --variant "activation_checkpointing=blocks:16,$fast,fp8_base=true,fused_lora=true"
   --variant "activation_checkpointing=every:2,$fast,compile_blocks=true"
 )
 for shape in $SHAPES; do

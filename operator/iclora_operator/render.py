@@ -309,6 +309,7 @@ def trainer_settings(ctx: RunContext) -> dict[str, Any]:
         attention_backends=p.acceleration.attention_backends,
         compile_blocks=p.acceleration.compile_blocks,
         fp8_base=p.acceleration.fp8_base,
+        fused_lora=p.acceleration.fused_lora,
     )
     return settings.model_dump(mode="json", exclude_defaults=True)
 

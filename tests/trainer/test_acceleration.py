@@ -167,3 +167,76 @@ def test_compiled_blocks_give_the_same_step(step_inputs):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_fused_lora_gives_the_same_step(step_inputs):
+    settings, strategy, batch, inputs = step_inputs
+    ref_loss, ref_grads = _loss_and_grads(_model(settings), strategy, batch, inputs)
+    loss, grads = _loss_and_grads(_model(settings, fused_lora=True), strategy, batch, inputs)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-7)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _lora_linear(fused: bool, base_dtype: torch.dtype) -> torch.nn.Module:
+    from iclora_trainer.lora_io import apply_lora
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.transformer_blocks = torch.nn.ModuleList([torch.nn.Module()])
+    model.transformer_blocks[0].ff = torch.nn.Module()
+    model.transformer_blocks[0].ff.net = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity(),
+                                                              torch.nn.Linear(64, 96, bias=True)])
+    model.to(base_dtype)
+    apply_lora(model, 4, 8.0)
+    layer = model.transformer_blocks[0].ff.net[2]
+    with torch.no_grad():
+        layer.lora_A["default"].weight.data = layer.lora_A["default"].weight.float()
+        layer.lora_B["default"].weight.data = torch.randn(96, 4) * 0.1  # fp32 adapters, as the trainer keeps them
+    if fused:
+        from iclora_trainer.model.acceleration import _fuse_lora
+
+        assert _fuse_lora(model) == 1
+    return layer
+
+
+def _full_size_ops(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """Forward + backward of one projection; the aten ops that produced an output-sized tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    full = x.shape[0] * layer.base_layer.out_features
+    ops: list[str] = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == full:
+                ops.append(str(func.overloadpacket.__name__))
+            return out
+
+    with Log():
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+    return y, ops
+
+
+def test_fused_lora_adds_the_branch_in_one_pass_and_keeps_the_activation_dtype():
+    x = torch.randn(32, 64, dtype=torch.bfloat16, requires_grad=True)
+    peft_y, peft_ops = _full_size_ops(_lora_linear(False, torch.bfloat16), x)
+    fused_layer = _lora_linear(True, torch.bfloat16)
+    fused_y, fused_ops = _full_size_ops(fused_layer, x.detach().requires_grad_())
+    # PEFT upcasts to the fp32 adapters' dtype and back; the fused branch stays in bf16.
+    assert fused_y.dtype == torch.bfloat16 and "_to_copy" in peft_ops
+    assert "mul" in peft_ops and "add" in peft_ops
+    assert not {"mul", "add", "_to_copy"} & set(fused_ops), fused_ops
+    torch.testing.assert_close(fused_y, peft_y.to(torch.bfloat16), rtol=2e-2, atol=2e-2)
+    # The gradients still reach the fp32 adapter parameters.
+    assert fused_layer.lora_A["default"].weight.grad.dtype == torch.float32
+    assert fused_layer.lora_B["default"].weight.grad.abs().sum() > 0
+
+
+def test_fused_lora_refuses_a_transformer_without_adapters(step_inputs):
+    model = load_transformer(step_inputs[0].model_path or "", CPU, torch.float32)
+    with pytest.raises(ModelConfigError, match="fused_lora"):
+        accelerate(model, Acceleration(fused_lora=True), CPU)

@@ -39,14 +39,16 @@ def test_variants_are_trainer_settings_rows(tmp_path) -> None:
     argv = [
         "--tiny", "--device", "cpu", "--shapes", "128x128x9", "--out", str(tmp_path), "--skip-anchor",
         "--variant", "fp8_base=true",  # refused on a CPU: recorded, the run goes on
-        "--variant", "activation_checkpointing=every:2,attention_backends=math", "--reference-downscale", "2",
+        "--variant", "activation_checkpointing=every:2,attention_backends=math,fused_lora=true",
+        "--reference-downscale", "2",
     ]
     assert bench.main(argv) == 0
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert [r["name"] for r in report["rows"]] == [
-        "ours[ref/2]", "ours[activation_checkpointing=every:2,attention_backends=['math']][ref/2]"
+        "ours[ref/2]", "ours[activation_checkpointing=every:2,attention_backends=['math'],fused_lora=true][ref/2]"
     ]
     assert report["rows"][1]["settings"]["activation_checkpointing"] == "every:2"
+    assert report["rows"][1]["settings"]["fused_lora"] is True
     (error,) = report["errors"]
     assert error["settings"] == {"fp8_base": "true"} and "fp8_base needs a CUDA GPU" in error["error"]
     with pytest.raises(SystemExit, match="unknown setting"):

@@ -61,6 +61,10 @@ class TrainerSettings(BaseModel):
     fp8_base: bool = Field(
         default=False, description="FP8 matmuls (torchao) for the frozen base linears; GPUs of capability 8.9+."
     )
+    fused_lora: bool = Field(
+        default=False,
+        description="LoRA branch in the activations' dtype, scaled and added in one addmm (no output-sized passes).",
+    )
     sigma_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
     validation_interval: int = Field(
         default=0, ge=0, description="Render the validation reel every N steps (0: only at the end)."

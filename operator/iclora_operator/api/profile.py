@@ -64,6 +64,10 @@ class Acceleration(_ProfileModel):
         default=False,
         description="FP8 matmuls for the frozen base weights (torchao); GPUs of compute capability 8.9+.",
     )
+    fused_lora: bool = Field(
+        default=False,
+        description="Add each LoRA branch to its projection in one fused matmul, in the activations' precision.",
+    )
 
 
 class TrainingProfileSpec(_ProfileModel):

@@ -193,18 +193,18 @@ def test_profile_speed_levers_reach_the_trainer():
 
     profile = profile_spec_from_object({"spec": {"acceleration": {
         "activationCheckpointing": "blocks:24", "attentionBackends": ["cudnn", "flash"],
-        "compileBlocks": True, "fp8Base": True,
+        "compileBlocks": True, "fp8Base": True, "fusedLora": True,
     }}})
     job = render_training_job(RunContext(**{**ctx().__dict__, "profile": profile}), suspend=False)
     settings = TrainerSettings.model_validate_json(env_of(job)["ICLORA_TRAINER_SETTINGS"]["value"])
     assert settings.activation_checkpointing == "blocks:24"
     assert settings.attention_backends == ["cudnn", "flash"]
-    assert settings.compile_blocks and settings.fp8_base
+    assert settings.compile_blocks and settings.fp8_base and settings.fused_lora
     # Without a choice the trainer keeps its safe default (checkpoint every block).
     default = TrainerSettings.model_validate_json(
         env_of(render_training_job(ctx(), suspend=False))["ICLORA_TRAINER_SETTINGS"]["value"]
     )
-    assert default.activation_checkpointing == "all" and not default.fp8_base
+    assert default.activation_checkpointing == "all" and not default.fp8_base and not default.fused_lora
 
 
 @pytest.mark.parametrize("bad", [{"activationCheckpointing": "half"}, {"attentionBackends": ["xformers"]}])

@@ -12,6 +12,10 @@ benchmark (`bench/train_step_gpu.py`) measure the same thing:
   checkpoints and the LoRA file, are unchanged).
 - FP8 matmuls (torchao float8 training) for the frozen base linears; the LoRA
   adapters stay in high precision. Needs a CUDA GPU of compute capability 8.9+.
+- fused LoRA: each adapted projection computes `base(x) + s * (x A^T) B^T` as one
+  `addmm` on the base output, in the activations' dtype. PEFT's forward instead writes
+  the LoRA product, scales it and adds it (three passes over an output-sized tensor,
+  forward and backward), and with fp32 adapters it upcasts the input and the output.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Acceleration:
     sdpa_backends: tuple[str, ...] = field(default_factory=tuple)  # empty: PyTorch chooses
     compile: bool = False
     fp8: bool = False
+    fused_lora: bool = False
 
     @classmethod
     def from_settings(cls, settings: TrainerSettings) -> Acceleration:
@@ -67,6 +72,7 @@ class Acceleration:
             sdpa_backends=tuple(settings.attention_backends),
             compile=settings.compile_blocks,
             fp8=settings.fp8_base,
+            fused_lora=settings.fused_lora,
         )
 
 
@@ -110,6 +116,49 @@ def _convert_fp8(model: torch.nn.Module) -> None:
     convert_to_float8_training(model, module_filter_fn=frozen_base)
 
 
+def _fused_lora_forward(layer: torch.nn.Module, adapter: str) -> Callable[..., Any]:
+    base, lora_a, lora_b = layer.base_layer, layer.lora_A[adapter], layer.lora_B[adapter]
+    peft_forward = layer.forward
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if layer.disable_adapters or layer.merged or args or kwargs or adapter not in layer.active_adapters:
+            return peft_forward(x, *args, **kwargs)
+        y = base(x)
+        # The casts touch only the rank-r weights; their gradients flow back to the (fp32) parameters.
+        h = torch.nn.functional.linear(x, lora_a.weight.to(x.dtype))
+        out = torch.addmm(
+            y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), lora_b.weight.to(y.dtype).t(),
+            alpha=layer.scaling[adapter],
+        )
+        return out.view(y.shape)
+
+    return forward
+
+
+def _fuse_lora(model: torch.nn.Module) -> int:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from iclora_trainer.lora_io import ADAPTER_NAME
+
+    fused = 0
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLinear):
+            continue
+        plain = (
+            ADAPTER_NAME in layer.lora_A
+            and not getattr(layer, "lora_variant", None)
+            and not getattr(layer, "use_dora", {}).get(ADAPTER_NAME, False)
+            and isinstance(layer.lora_dropout[ADAPTER_NAME], torch.nn.Identity)
+            and layer.lora_A[ADAPTER_NAME].bias is None
+            and layer.lora_B[ADAPTER_NAME].bias is None
+        )
+        if not plain:
+            raise ModelConfigError(f"fused_lora: {name} is not a plain LoRA projection (dropout, DoRA or bias)")
+        layer.forward = _fused_lora_forward(layer, ADAPTER_NAME)
+        fused += 1
+    return fused
+
+
 def accelerate(model: torch.nn.Module, acc: Acceleration, device: torch.device) -> torch.nn.Module:
     """Apply the levers in place to a transformer that already carries its LoRA adapters."""
     blocks = model.transformer_blocks
@@ -117,6 +166,8 @@ def accelerate(model: torch.nn.Module, acc: Acceleration, device: torch.device) 
     if acc.fp8:
         _check_fp8(device)
         _convert_fp8(model)
+    if acc.fused_lora and not _fuse_lora(model):
+        raise ModelConfigError("fused_lora: the transformer carries no LoRA projections")
     # ltx-core's own flag checkpoints every block; the per-block choice replaces it.
     model.set_gradient_checkpointing(False)
     for i, block in enumerate(blocks):
