@@ -270,17 +270,31 @@ def measure(name, shape, model, step, batch, args, device, settings=None) -> Row
     return row
 
 
-def init_distributed(device: torch.device) -> None:
-    """A one-rank process group, set up as `iclora train` does before building the DeepSpeed engine."""
-    if torch.distributed.is_initialized():
-        return
-    import deepspeed
+def one_rank_engine(device: torch.device) -> str:
+    """Build and step the product's DeepSpeed engine on one device, as a one-GPU training pod
+    does (no launcher, the engine makes its own process group). Reported, not assumed: if it
+    fails, a launcher-style env:// group is set up so the rows are still measured."""
+    from iclora_trainer.config import TrainerSettings
+    from iclora_trainer.engine import build_engine
 
-    from iclora_trainer.distributed import dist_env, export_torch_env
+    if device.type != "cuda":
+        return "not checked (CPU rows use the torch engine)"
+    dtype = torch.bfloat16
+    settings = TrainerSettings(engine="deepspeed", device="cuda", dtype="bf16")
+    try:
+        module = torch.nn.Linear(64, 64).to(device, dtype)
+        engine = build_engine(module, settings, 1e-3, 10, device, dtype, distributed=False)
+        engine.step(engine.module(torch.randn(4, 64, device=device, dtype=dtype)).float().pow(2).mean())
+        return "ok"
+    except Exception as exc:
+        import deepspeed
 
-    export_torch_env(dist_env({}))  # rank 0 of 1 on 127.0.0.1
+        from iclora_trainer.distributed import dist_env, export_torch_env
 
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        if not torch.distributed.is_initialized():
+            export_torch_env(dist_env({}))  # rank 0 of 1 on 127.0.0.1
+            deepspeed.init_distributed(dist_backend="nccl")
+        return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row], torch.nn.Module | None]:
@@ -292,8 +306,6 @@ def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row],
 
     base = {"device": device.type, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "warmup_steps": 0}
     settings = TrainerSettings.model_validate({**base, **overrides})
-    if settings.engine != "torch" and (device.type == "cuda" or settings.engine == "deepspeed"):
-        init_distributed(device)
     batch = make_batch(shape, args, config, device)
     model = prepare_for_training(build_model(config, device, dtype), args.rank, settings, device)
     engine = build_engine(model, settings, 1e-4, 1000, device, dtype, distributed=False)
@@ -390,6 +402,7 @@ class Report:
         self.rows: list[Row] = []
         self.validation: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
+        self.one_rank_engine = ""
         self.device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -417,6 +430,7 @@ class Report:
             "validation": self.validation,
             "validation_fraction": self.fractions(),
             "errors": self.errors,
+            "one_rank_engine": self.one_rank_engine,
         }
 
     def save(self) -> None:
@@ -436,6 +450,8 @@ def run(args: argparse.Namespace) -> Report:
     variants = [parse_variant(v) for v in args.variant]
     val_shapes = [s for s in args.validation_shapes.split(",") if s]
     report = Report(args, device)
+    report.one_rank_engine = one_rank_engine(device)
+    print(f"one-rank DeepSpeed engine without a launcher: {report.one_rank_engine}", flush=True)
     for shape in args.shapes.split(","):
         # Defaults first, then the anchor: the pair the issue asks for survives a time limit.
         new_rows, model = ours_rows(shape, {}, config, args, device, dtype)

@@ -132,3 +132,24 @@ def test_deepspeed_zero2_resume_is_bitwise(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"start": 3, "same_losses": True, "diff": 0.0}
+
+
+def test_one_rank_deepspeed_runs_without_a_launcher(tmp_path, tiny_checkpoint, prepared_dataset):
+    """A one-GPU training pod: the Indexed Job's variables only, no RANK/WORLD_SIZE/LOCAL_RANK."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"training_data_url": "https://example.com/d.zip", "trigger_phrase": "MASKEDIC",
+                                "rank": 8}))
+    env = {k: v for k, v in _env().items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
+    env.update(JOB_COMPLETION_INDEX="0", ICLORA_NNODES="1", ICLORA_GPUS_PER_NODE="1",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    proc = subprocess.run(
+        _cmd(spec, prepared_dataset, tmp_path / "out", tiny_checkpoint, tmp_path / "work", 1, "deepspeed"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "Succeeded" and result["steps"] == 4
+    assert (tmp_path / "out" / "artifacts" / "lora.safetensors").exists()

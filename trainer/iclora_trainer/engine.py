@@ -112,6 +112,26 @@ class TorchEngine:
         return None
 
 
+def _one_rank_group(device: torch.device) -> None:
+    """A process group of one for DeepSpeed when no launcher made one (a one-GPU Job).
+
+    Without it `deepspeed.initialize` looks for the launcher's RANK/WORLD_SIZE/LOCAL_RANK
+    and, not finding them, for MPI, and fails; it also reads LOCAL_RANK itself. An
+    in-memory store needs no port.
+    """
+    from iclora_trainer.distributed import dist_env, export_torch_env
+
+    if torch.distributed.is_initialized():
+        return
+    dist = dist_env()
+    if dist.distributed:
+        raise ModelConfigError("several ranks, but no process group: `iclora train` initialises it before training")
+    export_torch_env(dist)
+    torch.distributed.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+    )
+
+
 class DeepSpeedEngine:
     """DeepSpeed data parallel (ZeRO 0-2) across the ranks in the environment."""
 
@@ -126,6 +146,7 @@ class DeepSpeedEngine:
     ) -> None:
         import deepspeed
 
+        _one_rank_group(device)
         self.cfg = cfg
         self.device = device
         params = [p for p in module.parameters() if p.requires_grad]
