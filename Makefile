@@ -2,7 +2,7 @@
 VENV ?= $(HOME)/.cache/masked-iclora/venv
 export ICLORA_VENV := $(VENV)
 
-.PHONY: demo test lint crd
+.PHONY: demo test lint crd lock
 
 demo:
 	@scripts/setup-env.sh
@@ -14,6 +14,10 @@ test:
 
 lint:
 	@$(VENV)/bin/ruff check .
+
+lock:
+	@{ sed -n '1,2p' constraints.txt; $(VENV)/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 crd:
 	@$(VENV)/bin/iclora crd --write crds

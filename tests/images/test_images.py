@@ -48,7 +48,7 @@ def test_operator_image_install_steps_give_a_slim_working_cli(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, f"{REPO_ROOT}[operator]"], check=True, timeout=900)
+    subprocess.run([*pip, "-c", str(REPO_ROOT / "constraints.txt"), f"{REPO_ROOT}[operator]"], check=True, timeout=900)
     py = str(venv / "bin" / "python")
     probe = subprocess.run([py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
                            capture_output=True, text=True, check=True)
@@ -67,3 +67,23 @@ def test_operator_image_runs_on_jemalloc():
     runs = " ".join(s["value"] for s in structure if s["instruction"] == "RUN")
     assert "libjemalloc2" in runs and preload in runs  # installed, and the preloaded path is created
     assert "MALLOC_CONF=" in env
+
+
+def test_every_install_is_pinned_by_the_constraints():
+    """CI, the demo venv and both images resolve the same versions: an upstream release changes none."""
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[name.lower().replace("_", "-")] = version
+    for package in ("torch", "deepspeed", "peft", "kopf", "kubernetes", "pydantic", "ruff", "ltx-core", "minio"):
+        assert package in pins, f"constraints.txt lacks {package}"
+    installs = [line.replace('"', "") for line in (REPO_ROOT / "scripts" / "setup-env.sh").read_text().splitlines()]
+    for image in DOCKERFILES.values():
+        installs += [s["value"] for s in parse(image)[0] if s["instruction"] == "RUN" and "pip install" in s["value"]]
+    assert sum("pip install" in c for c in installs) >= 4
+    for command in installs:
+        for part in command.split("&&"):
+            if "pip install" in part and "-U pip" not in part:
+                assert "-c " in part and "constraints" in part.lower(), f"unpinned install: {part.strip()}"
