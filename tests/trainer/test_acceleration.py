@@ -15,6 +15,7 @@ from iclora_trainer.model.acceleration import (
     attention_backends,
     checkpointed_blocks,
     prepare_for_training,
+    selective_blocks,
 )
 from iclora_trainer.model.loading import load_transformer
 from iclora_trainer.strategy import MaskedICLoraStrategy
@@ -36,13 +37,15 @@ CPU = torch.device("cpu")
         ("blocks:1", {0}),
         ("blocks:9", {0, 1, 2, 3}),
         ("blocks:0", set()),
+        ("selective:2", {0, 1, 2, 3}),
     ],
 )
 def test_checkpointed_blocks(mode, blocks):
     assert checkpointed_blocks(mode, 4) == blocks
+    assert selective_blocks(mode, 4) == ({0, 1} if mode == "selective:2" else set())
 
 
-@pytest.mark.parametrize("mode", ["some", "every:0", "every:", "blocks:-1", "ALL"])
+@pytest.mark.parametrize("mode", ["some", "every:0", "every:", "blocks:-1", "ALL", "selective:", "selective:all"])
 def test_bad_checkpointing_is_rejected_naming_the_setting(mode):
     with pytest.raises(ModelConfigError, match="activation_checkpointing"):
         checkpointed_blocks(mode, 4)
@@ -87,7 +90,7 @@ def _count_attention_calls(model) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("mode", ["none", "every:2", "blocks:1"])
+@pytest.mark.parametrize("mode", ["none", "every:2", "blocks:1", "selective:2"])
 def test_selective_checkpointing_gives_the_same_step_and_recomputes_only_the_chosen_blocks(step_inputs, mode):
     settings, strategy, batch, inputs = step_inputs
     reference = _model(settings, activation_checkpointing="all")
@@ -240,3 +243,45 @@ def test_fused_lora_refuses_a_transformer_without_adapters(step_inputs):
     model = load_transformer(step_inputs[0].model_path or "", CPU, torch.float32)
     with pytest.raises(ModelConfigError, match="fused_lora"):
         accelerate(model, Acceleration(fused_lora=True), CPU)
+
+
+def _backward_attention(model, strategy, batch, inputs) -> int:
+    """Forward attention calls (SDPA, any backend) run by the backward pass: recomputation."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name.startswith("_scaled_dot_product") and not name.endswith("backward"):
+                count[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    loss = strategy.compute_loss(strategy.forward(model, inputs, batch, torch.float32), inputs).mean()
+    with Count():
+        loss.backward()
+    return count[0]
+
+
+def test_selective_blocks_recompute_no_attention(step_inputs):
+    """selective:K keeps the attention outputs of its K blocks: backward reruns only the others' attention."""
+    settings, strategy, batch, inputs = step_inputs
+    counts = {
+        mode: _backward_attention(_model(settings, activation_checkpointing=mode), strategy, batch, inputs)
+        for mode in ("none", "all", "selective:2", "selective:1")
+    }
+    # The tiny model has two blocks, each with self- and cross-attention.
+    assert counts == {"none": 0, "all": 4, "selective:2": 0, "selective:1": 2}, counts
+
+
+@pytest.mark.slow
+def test_compiled_selective_fused_blocks_give_the_same_step(step_inputs):
+    """The levers the GPU profile combines: op-level checkpointing and fused LoRA inside compiled blocks."""
+    settings, strategy, batch, inputs = step_inputs
+    ref_loss, ref_grads = _loss_and_grads(_model(settings), strategy, batch, inputs)
+    levers = {"activation_checkpointing": "selective:1", "fused_lora": True, "compile_blocks": True}
+    loss, grads = _loss_and_grads(_model(settings, **levers), strategy, batch, inputs)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)

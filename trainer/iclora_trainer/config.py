@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "ICLORA_"
 # Activation checkpointing per transformer block (see iclora_trainer.model.acceleration).
-CHECKPOINTING_PATTERN = r"^(all|none|every:[1-9][0-9]*|blocks:[0-9]+)$"
+CHECKPOINTING_PATTERN = r"^(all|none|every:[1-9][0-9]*|blocks:[0-9]+|selective:[0-9]+)$"
 SdpaBackend = Literal["flash", "cudnn", "efficient", "math"]
 
 
@@ -52,7 +52,10 @@ class TrainerSettings(BaseModel):
     activation_checkpointing: str = Field(
         default="all",
         pattern=CHECKPOINTING_PATTERN,
-        description="Blocks recomputed in backward: all | none | every:N | blocks:K (the first K).",
+        description=(
+            "Blocks recomputed in backward: all | none | every:N | blocks:K (the first K) | selective:K "
+            "(every block; the first K keep their attention outputs and recompute the rest)."
+        ),
     )
     attention_backends: list[SdpaBackend] = Field(
         default_factory=list, description="SDPA backends allowed, in priority order (empty: PyTorch chooses)."

@@ -50,8 +50,9 @@ class Acceleration(_ProfileModel):
         default="all",
         pattern=CHECKPOINTING_PATTERN,
         description=(
-            "Blocks whose activations are recomputed in backward: all, none, every:N or blocks:K "
-            "(the first K). Fewer means faster steps and more GPU memory."
+            "Blocks whose activations are recomputed in backward: all, none, every:N, blocks:K "
+            "(the first K) or selective:K (all, but the first K keep their attention outputs). "
+            "Less recomputation means faster steps and more GPU memory."
         ),
     )
     attention_backends: list[SdpaBackend] = Field(

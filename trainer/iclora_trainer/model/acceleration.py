@@ -6,6 +6,11 @@ benchmark (`bench/train_step_gpu.py`) measure the same thing:
 - activation checkpointing per block: `all` (ltx-core's own flag, the anchor's
   setting), `none`, `every:N` (every Nth block) or `blocks:K` (the first K
   blocks). Fewer checkpointed blocks means less recomputation and more memory.
+  `selective:K` checkpoints every block, but the first K do it op by op
+  (torch's selective checkpointing): they keep their attention outputs, whose
+  cost grows with the square of the tokens, and recompute the rest. Keeping the
+  matmul outputs too would save as much memory as storing the block
+  (`bench/activation_memory.py`: they are most of a block's saved bytes).
 - the SDPA backends attention may use, in priority order
   (`torch.nn.attention.sdpa_kernel`).
 - `torch.compile` of every transformer block, in place (state-dict keys, and so
@@ -21,6 +26,7 @@ benchmark (`bench/train_step_gpu.py`) measure the same thing:
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +42,26 @@ _CHECKPOINTING = re.compile(CHECKPOINTING_PATTERN)
 FP8_MIN_CAPABILITY = (8, 9)
 
 
+def _saved_ops() -> frozenset[Any]:
+    """Ops whose outputs a selectively checkpointed block keeps: attention (SDPA, every backend)."""
+    aten = torch.ops.aten
+    names = (
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_attention_math",
+    )  # fmt: skip
+    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
+
+
+def _keep_attention(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_SAVED_OPS = _saved_ops()
+
+
 def checkpointing_is_valid(value: str) -> bool:
     return bool(_CHECKPOINTING.match(value))
 
@@ -44,9 +70,9 @@ def checkpointed_blocks(mode: str, num_blocks: int) -> set[int]:
     """Indices of the blocks whose activations are recomputed in the backward pass."""
     if not checkpointing_is_valid(mode):
         raise ModelConfigError(
-            f"activation_checkpointing {mode!r}: expected all, none, every:N (N >= 1) or blocks:K"
+            f"activation_checkpointing {mode!r}: expected all, none, every:N (N >= 1), blocks:K or selective:K"
         )
-    if mode == "all":
+    if mode == "all" or mode.startswith("selective:"):
         return set(range(num_blocks))
     if mode == "none":
         return set()
@@ -55,6 +81,13 @@ def checkpointed_blocks(mode: str, num_blocks: int) -> set[int]:
     if kind == "every":
         return set(range(0, num_blocks, n))
     return set(range(min(n, num_blocks)))
+
+
+def selective_blocks(mode: str, num_blocks: int) -> set[int]:
+    """Indices of the checkpointed blocks that keep their attention outputs."""
+    if not mode.startswith("selective:"):
+        return set()
+    return set(range(min(int(mode.split(":")[1]), num_blocks)))
 
 
 @dataclass(frozen=True)
@@ -76,13 +109,20 @@ class Acceleration:
         )
 
 
-def _checkpointed_forward(block: torch.nn.Module) -> Callable[..., Any]:
+def _checkpointed_forward(block: torch.nn.Module, selective: bool = False) -> Callable[..., Any]:
     inner = block.forward
+    extra: dict[str, Any] = {}
+    if selective:
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        extra["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_attention)
 
     def forward(video: Any = None, audio: Any = None, perturbations: Any = None) -> Any:
         if block.training and torch.is_grad_enabled():
             # Non-reentrant: the block's dataclass arguments pass through untouched.
-            return torch.utils.checkpoint.checkpoint(inner, video, audio, perturbations, use_reentrant=False)
+            return torch.utils.checkpoint.checkpoint(
+                inner, video, audio, perturbations, use_reentrant=False, **extra
+            )
         return inner(video=video, audio=audio, perturbations=perturbations)
 
     return forward
@@ -163,6 +203,7 @@ def accelerate(model: torch.nn.Module, acc: Acceleration, device: torch.device) 
     """Apply the levers in place to a transformer that already carries its LoRA adapters."""
     blocks = model.transformer_blocks
     chosen = checkpointed_blocks(acc.checkpointing, len(blocks))
+    selective = selective_blocks(acc.checkpointing, len(blocks))
     if acc.fp8:
         _check_fp8(device)
         _convert_fp8(model)
@@ -172,7 +213,7 @@ def accelerate(model: torch.nn.Module, acc: Acceleration, device: torch.device) 
     model.set_gradient_checkpointing(False)
     for i, block in enumerate(blocks):
         if i in chosen:
-            block.forward = _checkpointed_forward(block)
+            block.forward = _checkpointed_forward(block, selective=i in selective)
         if acc.compile:
             block.compile(dynamic=False)
     return model
