@@ -45,7 +45,7 @@ def saved_bytes(layers: int, shape: str, rank: int, selective: bool) -> tuple[in
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from iclora_trainer.config import TrainerSettings
-    from iclora_trainer.model.acceleration import _SAVED_OPS, prepare_for_training
+    from iclora_trainer.model.acceleration import SELECTIVE_SAVED_OPS, prepare_for_training
     from iclora_trainer.strategy import MaskedICLoraStrategy
 
     config = bench.full_config()
@@ -67,7 +67,7 @@ def saved_bytes(layers: int, shape: str, rank: int, selective: bool) -> tuple[in
     class KeptOutputs(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func in _SAVED_OPS and torch.is_grad_enabled():
+            if func in SELECTIVE_SAVED_OPS and torch.is_grad_enabled():
                 for t in out if isinstance(out, tuple) else (out,):
                     if isinstance(t, torch.Tensor):
                         pack(t)

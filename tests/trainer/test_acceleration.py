@@ -204,24 +204,39 @@ def _lora_linear(fused: bool, base_dtype: torch.dtype) -> torch.nn.Module:
     return layer
 
 
+class _OpLog:
+    """Context logging each aten op run inside it as (op name, numel of its first output)."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, int]] = []
+
+    def __enter__(self) -> _OpLog:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        ops = self.ops
+
+        class Log(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                first = out[0] if isinstance(out, tuple | list) and out else out
+                ops.append((func.overloadpacket.__name__, first.numel() if isinstance(first, torch.Tensor) else 0))
+                return out
+
+        self._mode = Log()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+
+
 def _full_size_ops(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """Forward + backward of one projection; the aten ops that produced an output-sized tensor."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     full = x.shape[0] * layer.base_layer.out_features
-    ops: list[str] = []
-
-    class Log(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.numel() == full:
-                ops.append(str(func.overloadpacket.__name__))
-            return out
-
-    with Log():
+    with _OpLog() as log:
         y = layer(x)
         y.backward(torch.ones_like(y))
-    return y, ops
+    return y, [name for name, numel in log.ops if numel == full]
 
 
 def test_fused_lora_adds_the_branch_in_one_pass_and_keeps_the_activation_dtype():
@@ -247,21 +262,10 @@ def test_fused_lora_refuses_a_transformer_without_adapters(step_inputs):
 
 def _backward_attention(model, strategy, batch, inputs) -> int:
     """Forward attention calls (SDPA, any backend) run by the backward pass: recomputation."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    count = [0]
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name.startswith("_scaled_dot_product") and not name.endswith("backward"):
-                count[0] += 1
-            return func(*args, **(kwargs or {}))
-
     loss = strategy.compute_loss(strategy.forward(model, inputs, batch, torch.float32), inputs).mean()
-    with Count():
+    with _OpLog() as log:
         loss.backward()
-    return count[0]
+    return sum(name.startswith("_scaled_dot_product") and not name.endswith("backward") for name, _ in log.ops)
 
 
 def test_selective_blocks_recompute_no_attention(step_inputs):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from iclora_trainer.config import CHECKPOINTING_PATTERN, TrainerSettings
 from iclora_trainer.errors import ModelConfigError
@@ -42,8 +43,7 @@ _CHECKPOINTING = re.compile(CHECKPOINTING_PATTERN)
 FP8_MIN_CAPABILITY = (8, 9)
 
 
-def _saved_ops() -> frozenset[Any]:
-    """Ops whose outputs a selectively checkpointed block keeps: attention (SDPA, every backend)."""
+def _attention_ops() -> frozenset[Any]:
     aten = torch.ops.aten
     names = (
         "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
@@ -53,13 +53,13 @@ def _saved_ops() -> frozenset[Any]:
     return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
 
 
-def _keep_attention(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+# Ops whose outputs a selectively checkpointed block keeps: attention (SDPA, every backend).
+SELECTIVE_SAVED_OPS = _attention_ops()
 
 
-_SAVED_OPS = _saved_ops()
+def _keep_attention(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    # Called for every op a selective block runs: no imports or lookups beyond the set.
+    return CheckpointPolicy.MUST_SAVE if op in SELECTIVE_SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def checkpointing_is_valid(value: str) -> bool:
@@ -113,8 +113,6 @@ def _checkpointed_forward(block: torch.nn.Module, selective: bool = False) -> Ca
     inner = block.forward
     extra: dict[str, Any] = {}
     if selective:
-        from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
         extra["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_attention)
 
     def forward(video: Any = None, audio: Any = None, perturbations: Any = None) -> Any:
