@@ -87,17 +87,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """`k=v,k=v` -> validated TrainerSettings overrides (lists as a|b)."""
+    """`k=v,k=v` -> validated TrainerSettings overrides (lists as a|b), plus `reference_downscale`
+    (the spec's referenceDownscaleFactor: 1, 2 or 4)."""
     from iclora_trainer.config import TrainerSettings
 
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
+        if key == "reference_downscale":
+            if value not in {"1", "2", "4"}:
+                raise SystemExit(f"--variant: reference_downscale {value!r}: expected 1, 2 or 4")
+            out[key] = int(value)
+            continue
         field = TrainerSettings.model_fields.get(key)
         if field is None:
             raise SystemExit(f"--variant: unknown setting {key!r}")
         out[key] = value.split("|") if "list" in str(field.annotation) else value
-    TrainerSettings.model_validate(out)
+    TrainerSettings.model_validate({k: v for k, v in out.items() if k != "reference_downscale"})
     return out
 
 
@@ -305,20 +311,26 @@ def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row],
     from iclora_trainer.strategy import MaskedICLoraStrategy
 
     base = {"device": device.type, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "warmup_steps": 0}
-    settings = TrainerSettings.model_validate({**base, **overrides})
-    batch = make_batch(shape, args, config, device)
+    downscale = overrides.get("reference_downscale", args.reference_downscale)
+    settings = TrainerSettings.model_validate(
+        {**base, **{k: v for k, v in overrides.items() if k != "reference_downscale"}}
+    )
+    batch = make_batch(shape, argparse.Namespace(**{**vars(args), "reference_downscale": downscale}), config, device)
     model = prepare_for_training(build_model(config, device, dtype), args.rank, settings, device)
     engine = build_engine(model, settings, 1e-4, 1000, device, dtype, distributed=False)
-    strategy = MaskedICLoraStrategy(fps=24.0, reference_downscale_factor=args.reference_downscale)
+    strategy = MaskedICLoraStrategy(fps=24.0, reference_downscale_factor=downscale)
 
     def step() -> None:
         engine.step(ours_loss(engine.module, batch, strategy, dtype))
 
-    label = "ours" + (f"[{','.join(f'{k}={v}' for k, v in overrides.items())}]" if overrides else "")
-    if args.reference_downscale != 1:
-        label += f"[ref/{args.reference_downscale}]"
+    shown = {k: v for k, v in overrides.items() if k != "reference_downscale"}
+    label = "ours" + (f"[{','.join(f'{k}={v}' for k, v in shown.items())}]" if shown else "")
+    recorded = settings.model_dump(exclude_defaults=True)
+    if downscale != 1:
+        label += f"[ref/{downscale}]"
+        recorded["reference_downscale"] = downscale
     with attention_backends(settings.attention_backends):
-        row = measure(label, shape, model, step, batch, args, device, settings.model_dump(exclude_defaults=True))
+        row = measure(label, shape, model, step, batch, args, device, recorded)
     return [row], model
 
 

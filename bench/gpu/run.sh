@@ -33,7 +33,9 @@ export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 # attention outputs (selective:K) 0.12 / 0.21 GiB. So the candidates under 40 GiB checkpoint
 # every block, keep what attention they can afford, and win with kernels: fast attention,
 # fused LoRA, FP8 matmuls (which need torch.compile to pay), compiled blocks. The every:2 row
-# shows the speed memory would buy. Likely winners first: the JSON is saved after each row.
+# shows the speed memory would buy; the reference_downscale=2 row measures the half-resolution
+# reference (spec.referenceDownscaleFactor 2). Likely winners first: the JSON is saved after
+# each row.
 fast='attention_backends=cudnn|flash|efficient'
 variants_for() {
   local keep="selective:6"
@@ -42,6 +44,7 @@ variants_for() {
     "activation_checkpointing=all,$fast,fused_lora=true" \
     "activation_checkpointing=all,$fast,fused_lora=true,fp8_base=true,compile_blocks=true" \
     "activation_checkpointing=$keep,$fast,fused_lora=true,fp8_base=true,compile_blocks=true" \
+    "activation_checkpointing=all,$fast,fused_lora=true,reference_downscale=2" \
     "activation_checkpointing=all,$fast,compile_blocks=true" \
     "activation_checkpointing=every:2,$fast,fused_lora=true"
 }

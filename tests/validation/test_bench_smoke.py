@@ -40,15 +40,22 @@ def test_variants_are_trainer_settings_rows(tmp_path) -> None:
         "--tiny", "--device", "cpu", "--shapes", "128x128x9", "--out", str(tmp_path), "--skip-anchor",
         "--variant", "fp8_base=true",  # refused on a CPU: recorded, the run goes on
         "--variant", "activation_checkpointing=every:2,attention_backends=math,fused_lora=true",
+        "--variant", "reference_downscale=1",  # the spec's factor, per row: overrides --reference-downscale
         "--reference-downscale", "2",
     ]
     assert bench.main(argv) == 0
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert [r["name"] for r in report["rows"]] == [
-        "ours[ref/2]", "ours[activation_checkpointing=every:2,attention_backends=['math'],fused_lora=true][ref/2]"
+        "ours[ref/2]", "ours[activation_checkpointing=every:2,attention_backends=['math'],fused_lora=true][ref/2]",
+        "ours",
     ]
     assert report["rows"][1]["settings"]["activation_checkpointing"] == "every:2"
     assert report["rows"][1]["settings"]["fused_lora"] is True
+    assert report["rows"][1]["settings"]["reference_downscale"] == 2
+    # Half-resolution reference: a quarter of the reference tokens.
+    target_tokens = report["rows"][2]["tokens"] // 2
+    assert report["rows"][0]["tokens"] == target_tokens + target_tokens // 4
+    assert "reference_downscale" not in report["rows"][2]["settings"]
     (error,) = report["errors"]
     assert error["settings"] == {"fp8_base": "true"} and "fp8_base needs a CUDA GPU" in error["error"]
     with pytest.raises(SystemExit, match="unknown setting"):
