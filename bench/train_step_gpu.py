@@ -312,9 +312,8 @@ def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row],
 
     base = {"device": device.type, "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "warmup_steps": 0}
     downscale = overrides.get("reference_downscale", args.reference_downscale)
-    settings = TrainerSettings.model_validate(
-        {**base, **{k: v for k, v in overrides.items() if k != "reference_downscale"}}
-    )
+    shown = {k: v for k, v in overrides.items() if k != "reference_downscale"}  # the TrainerSettings part
+    settings = TrainerSettings.model_validate({**base, **shown})
     batch = make_batch(shape, argparse.Namespace(**{**vars(args), "reference_downscale": downscale}), config, device)
     model = prepare_for_training(build_model(config, device, dtype), args.rank, settings, device)
     engine = build_engine(model, settings, 1e-4, 1000, device, dtype, distributed=False)
@@ -323,7 +322,6 @@ def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row],
     def step() -> None:
         engine.step(ours_loss(engine.module, batch, strategy, dtype))
 
-    shown = {k: v for k, v in overrides.items() if k != "reference_downscale"}
     label = "ours" + (f"[{','.join(f'{k}={v}' for k, v in shown.items())}]" if shown else "")
     recorded = settings.model_dump(exclude_defaults=True)
     if downscale != 1:
