@@ -44,7 +44,7 @@ def saved_bytes(layers: int, shape: str, rank: int, selective: bool) -> tuple[in
     import train_step_gpu as bench
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
     from iclora_trainer.model.acceleration import SELECTIVE_SAVED_OPS, prepare_for_training
     from iclora_trainer.strategy import MaskedICLoraStrategy
 

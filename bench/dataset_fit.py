@@ -27,7 +27,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def make_dataset(path: Path, triplets: int, frames: int, width: int, height: int) -> Path:
-    from iclora_operator.demo.synthetic import CONTAINERS, encode_video
+    from iclora_dev.synthetic import CONTAINERS, encode_video
 
     if path.exists():
         return path

@@ -90,8 +90,8 @@ def main() -> int:
 
     from kubernetes import client, config
 
-    from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-    from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
+    from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+    from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
 
     state = Path(tempfile.mkdtemp(prefix="iclora-scale-"))
     cluster = LocalCluster(state, ClusterConfig(gpu_nodes=2, cpu_nodes=2, local_runner=False))
@@ -138,7 +138,7 @@ def main() -> int:
             print("operator runs with glibc malloc (the image uses jemalloc: apt-get install libjemalloc2)")
             env["MALLOC_ARENA_MAX"] = "2"
         log = open(state / "operator.log", "w")  # noqa: SIM115 - closed with the process
-        from iclora_operator.localcluster.ports import free_ports
+        from iclora_dev.localcluster.ports import free_ports
 
         liveness = f"http://127.0.0.1:{free_ports(1)[0]}/healthz"
         argv = [str(Path(sys.executable).parent / "iclora"), "operator", "--liveness", liveness]
@@ -173,8 +173,8 @@ def main() -> int:
         threading.Thread(target=sample, daemon=True).start()
 
         def create_children(i: int) -> None:
-            from iclora_operator.api.profile import TrainingProfileSpec
-            from iclora_operator.api.validation import validate_spec
+            from iclora_api.profile import TrainingProfileSpec
+            from iclora_api.validation import validate_spec
             from iclora_operator.render import RunContext, StoreLocation, render_preflight_job, render_store_secret
 
             ns = namespaces[i % len(namespaces)]

@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def parse_variant(text: str) -> dict[str, Any]:
     """`k=v,k=v` -> validated TrainerSettings overrides (lists as a|b), plus `reference_downscale`
     (the spec's referenceDownscaleFactor: 1, 2 or 4)."""
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
 
     out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
@@ -115,7 +115,7 @@ def full_config() -> dict[str, Any]:
     stay at the configurator's defaults: pass `--config-json` with the real
     checkpoint's config to match LTX-2.3 exactly.
     """
-    from iclora_trainer.model.tiny import tiny_model_config
+    from iclora_dev.tiny_model import tiny_model_config
 
     transformer = tiny_model_config()["transformer"]
     for key in (
@@ -134,7 +134,7 @@ def full_config() -> dict[str, Any]:
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
-        from iclora_trainer.model.tiny import tiny_model_config
+        from iclora_dev.tiny_model import tiny_model_config
 
         return tiny_model_config()
     if args.config_json:
@@ -280,7 +280,7 @@ def one_rank_engine(device: torch.device) -> str:
     """Build and step the product's DeepSpeed engine on one device, as a one-GPU training pod
     does (no launcher, the engine makes its own process group). Reported, not assumed: if it
     fails, a launcher-style env:// group is set up so the rows are still measured."""
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
     from iclora_trainer.engine import build_engine
 
     if device.type != "cuda":
@@ -305,7 +305,7 @@ def one_rank_engine(device: torch.device) -> str:
 
 def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row], torch.nn.Module | None]:
     """One `ours` row: the trainer's model preparation, engine and strategy with these settings."""
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
     from iclora_trainer.engine import build_engine
     from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
     from iclora_trainer.strategy import MaskedICLoraStrategy
@@ -355,7 +355,7 @@ def validation_cost(model, shape, config, args, device, dtype) -> dict[str, Any]
     """Seconds of the validation sampler per entry (default guidance: CFG + STG, batched passes)."""
     import numpy as np
 
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
     from iclora_trainer.validation import GuidanceConfig, PreparedEntry, sample_latent
 
     channels = config["transformer"].get("in_channels", 128)

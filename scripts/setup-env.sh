@@ -14,7 +14,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # constraints.txt pins every version: an upstream release cannot change what CI installs.
 CONSTRAINTS="$ROOT/constraints.txt"
-stamp_now="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup-env.sh" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
+stamp_now="$(cat "$ROOT/pyproject.toml" "$ROOT/dev/pyproject.toml" "$ROOT/scripts/setup-env.sh" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment $VENV"
   "$PY" -m venv "$VENV"
@@ -24,12 +24,13 @@ if [ "$(cat "$VENV/.iclora-stamp" 2>/dev/null)" != "$stamp_now" ]; then
   log "installing dependencies (first run: a few minutes, torch is large)"
   "$VENV/bin/pip" install -q -U pip wheel setuptools
   # DeepSpeed builds from source; its CUDA ops are JIT-compiled where a GPU exists.
-  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e "$ROOT[operator,trainer,dev]"
+  # The development tooling is its own distribution (dev/), named by the `dev` extra.
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e "$ROOT[operator,trainer,dev]" -e "$ROOT/dev"
   # ltx-core's declared dependencies pull a CUDA torchaudio that breaks CPU
   # imports; its real dependencies are listed in our `trainer` extra.
   "$VENV/bin/pip" install -q -c "$CONSTRAINTS" --no-deps "ltx-core==1.0.0" "ltx-pipelines==1.0.0"
   echo "$stamp_now" > "$VENV/.iclora-stamp"
   log "dependencies installed in $(( $(date +%s) - start )) s"
 else
-  "$VENV/bin/pip" install -q -c "$CONSTRAINTS" --no-deps -e "$ROOT"
+  "$VENV/bin/pip" install -q -c "$CONSTRAINTS" --no-deps -e "$ROOT" -e "$ROOT/dev"
 fi

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 # Session-scoped local cluster, S3 store and per-test namespaces (used by the cluster layers).
-pytest_plugins = ["iclora_operator.localcluster.pytest_plugin"]
+pytest_plugins = ["iclora_dev.pytest_plugin"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,12 +28,22 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import BaseModel
 
+from iclora_api.conditions import Phase
+from iclora_api.contract import (
+    PREFLIGHT_KEY,
+    PROGRESS_KEY,
+    RESULT_KEY,
+    PreflightResult,
+    Progress,
+    Result,
+    run_prefix,
+    split_s3_uri,
+)
+from iclora_api.profile import PROFILE_PLURAL, TrainingProfileSpec, profile_spec_from_object
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from iclora_api.validation import SpecInvalid, validate_spec
 from iclora_operator.adapters.kube import ChildConflict, Kube, NotReadyYet, job_state, job_summary
 from iclora_operator.adapters.objectstore import Credentials, ObjectStore, ObjectStoreUnavailable
-from iclora_operator.api.conditions import Phase
-from iclora_operator.api.profile import PROFILE_PLURAL, TrainingProfileSpec, profile_spec_from_object
-from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from iclora_operator.api.validation import SpecInvalid, validate_spec
 from iclora_operator.metrics import Metrics
 from iclora_operator.reconcile.decide import TERMINAL_PHASES, Action, Plan, decide
 from iclora_operator.reconcile.observed import JobState, Observed
@@ -52,16 +62,6 @@ from iclora_operator.render import (
     render_training_job,
 )
 from iclora_operator.settings import OperatorSettings
-from iclora_trainer.contract import (
-    PREFLIGHT_KEY,
-    PROGRESS_KEY,
-    RESULT_KEY,
-    PreflightResult,
-    Progress,
-    Result,
-    run_prefix,
-    split_s3_uri,
-)
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)

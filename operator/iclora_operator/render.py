@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from iclora_operator.api.profile import TrainingProfileSpec
-from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
-from iclora_trainer.config import TrainerSettings
-from iclora_trainer.contract import PREPARED_DIR, TERMINATION_LOG, USER_ERROR_EXIT_CODES
+from iclora_api.contract import PREPARED_DIR, TERMINATION_LOG, USER_ERROR_EXIT_CODES
+from iclora_api.profile import TrainingProfileSpec
+from iclora_api.trainer_settings import TrainerSettings
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
 
 LABEL_TRAINING = f"{API_GROUP}/training"
 LABEL_UID = f"{API_GROUP}/training-uid"
@@ -297,7 +297,7 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
 
 
 def trainer_settings(ctx: RunContext) -> dict[str, Any]:
-    """The trainer's run settings (iclora_trainer.config.TrainerSettings), derived from the profile."""
+    """The trainer's run settings (iclora_api.trainer_settings.TrainerSettings), derived from the profile."""
     p = ctx.profile
     settings = TrainerSettings(
         model_path=p.model_path,

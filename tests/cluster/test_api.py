@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from kubernetes import client
 
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.cluster
 

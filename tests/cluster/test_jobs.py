@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from iclora_operator.localcluster import nodes
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.localcluster import nodes
+from iclora_dev.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from iclora_operator.localcluster import kueue, nodes
-from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.localcluster import kueue, nodes
+from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
+from iclora_dev.pytest_plugin import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

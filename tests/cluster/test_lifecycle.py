@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from iclora_operator.localcluster import procs
-from iclora_operator.localcluster.ports import port_open
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.localcluster import procs
+from iclora_dev.localcluster.ports import port_open
+from iclora_dev.pytest_plugin import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ WARM_START_LIMIT_S = 60
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "iclora_operator.cli", "local-cluster", *args],
+        [sys.executable, "-m", "iclora_api.cli", "local-cluster", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -100,7 +100,7 @@ def test_owner_crash_takes_the_cluster_down(tmp_path):
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster\n"
+        "from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster\n"
         "config = ClusterConfig(gpu_nodes=1, cpu_nodes=0, local_runner=True)\n"
         "LocalCluster(Path(sys.argv[1]), config).start()\n"
         "print('ready', flush=True)\n"
@@ -122,7 +122,7 @@ def test_owner_crash_takes_the_cluster_down(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "iclora_operator.cli",
+                "iclora_api.cli",
                 "local-cluster",
                 "down",
                 "--state-dir",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from iclora_operator.localcluster import nodes, procs
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.localcluster import nodes, procs
+from iclora_dev.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iclora_operator.localcluster import binaries
-from iclora_operator.localcluster.podrunner import PathMap, expand
+from iclora_dev.localcluster import binaries
+from iclora_dev.localcluster.podrunner import PathMap, expand
 
 
 def test_path_map_rewrites_prefixes_and_flag_values():

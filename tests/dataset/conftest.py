@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iclora_operator.demo.synthetic import CONTAINERS, encode_video
+from iclora_dev.synthetic import CONTAINERS, encode_video
 
 CODECS = {ext: (codec, pix) for ext, codec, pix in CONTAINERS}
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from iclora_operator.demo.synthetic import write_dataset_zip
+from iclora_dev.synthetic import write_dataset_zip
 from tests.dataset.conftest import image, solid_frames, video, write_zip
 
 pytestmark = pytest.mark.media

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from tests.conftest import REPO_ROOT
 
 KWOK_GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.pytest_plugin import wait_for
 from tests.conftest import REPO_ROOT
 from tests.operator.test_lifecycle_kwok import SPEC, play_trainer
 

@@ -7,10 +7,10 @@ import base64
 
 import pytest
 
-from iclora_operator.demo.run import demo_manifest
-from iclora_operator.demo.synthetic import write_dataset_zip
-from iclora_operator.localcluster.nodes import LOCAL_RUNNER_LABEL, LOCAL_RUNNER_TOLERATION
-from iclora_operator.localcluster.pytest_plugin import wait_for
+from iclora_dev.demo.run import demo_manifest
+from iclora_dev.localcluster.nodes import LOCAL_RUNNER_LABEL, LOCAL_RUNNER_TOLERATION
+from iclora_dev.pytest_plugin import wait_for
+from iclora_dev.synthetic import write_dataset_zip
 
 pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 
@@ -27,7 +27,7 @@ def _local_profile(profile_factory, tiny) -> str:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    from iclora_trainer.model.tiny import create_tiny_checkpoint
+    from iclora_dev.tiny_model import create_tiny_checkpoint
 
     return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ltx"))
 

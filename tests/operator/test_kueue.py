@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from iclora_api.crdgen import render_crd, render_profile_crd
+from iclora_dev.localcluster import kueue, nodes
+from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
+from iclora_dev.pytest_plugin import wait_for
 from iclora_operator.adapters.kube import install_crds
-from iclora_operator.api.crdgen import render_crd, render_profile_crd
-from iclora_operator.localcluster import kueue, nodes
-from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
-from iclora_operator.localcluster.pytest_plugin import wait_for
 from tests.operator.conftest import Trainings
 from tests.operator.test_lifecycle_kwok import SPEC, play_trainer
 

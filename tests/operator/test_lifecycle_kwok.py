@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from iclora_operator.localcluster.pytest_plugin import wait_for
-from iclora_trainer.contract import Artifacts, PreflightResult, Result
+from iclora_api.contract import Artifacts, PreflightResult, Result
+from iclora_dev.pytest_plugin import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -62,8 +62,8 @@ def test_schema_and_cel_reject_at_apply(trainings, installed_crds):
 
 def test_cel_downscale_rule_agrees_with_the_api_model(trainings, installed_crds):
     """The generated CEL rule and the pydantic validator accept exactly the same buckets."""
-    from iclora_operator.api.validation import SpecInvalid, validate_spec
-    from iclora_operator.api.video import AspectRatio, Resolution
+    from iclora_api.geometry import AspectRatio, Resolution
+    from iclora_api.validation import SpecInvalid, validate_spec
 
     sample = {"videoUrl": "https://e.com/v.mp4", "maskUrl": "https://e.com/m.png",
               "referenceVideoUrl": "https://e.com/r.mp4"}
@@ -145,7 +145,7 @@ def _phases_until_done(trainings, name: str, timeout: float = 90) -> list[str]:
 def test_success_path_bills_once_and_reports_artifacts(trainings, operator_factory, profile_factory, s3_store):
     from urllib.request import urlopen
 
-    from iclora_operator.localcluster.ports import free_ports
+    from iclora_dev.localcluster.ports import free_ports
 
     metrics_port, health_port = free_ports(2)
     profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "3s"})
@@ -309,7 +309,7 @@ def test_a_store_that_refuses_the_tenants_credentials_is_retried_with_one_warnin
 
 def test_the_finalizer_of_older_versions_is_removed_so_old_trainings_can_be_deleted(trainings, operator_factory,
                                                                                    profile_factory):
-    from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+    from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 
     profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
     # A training as an operator before 2026-11-30 left it: its finalizer on, status Preflight.

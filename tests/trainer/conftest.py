@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from iclora_trainer.config import TrainerSettings
+from iclora_api.trainer_settings import TrainerSettings
 from iclora_trainer.distributed import DistEnv
 from iclora_trainer.loop import TrainingPlan
 
@@ -17,14 +17,14 @@ SINGLE = DistEnv(
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    from iclora_trainer.model.tiny import create_tiny_checkpoint
+    from iclora_dev.tiny_model import create_tiny_checkpoint
 
     return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")
 def prepared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from iclora_trainer.synthetic import write_synthetic_prepared
+    from iclora_dev.synthetic_prepared import write_synthetic_prepared
 
     return write_synthetic_prepared(
         tmp_path_factory.mktemp("prepared"), clips=4, width=64, height=64, frames=9

@@ -13,12 +13,12 @@ def main(root: Path, port: str) -> None:
     import deepspeed
     from safetensors.torch import load_file
 
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
+    from iclora_dev.synthetic_prepared import write_synthetic_prepared
+    from iclora_dev.tiny_model import create_tiny_checkpoint
     from iclora_trainer.distributed import dist_env
     from iclora_trainer.loop import TrainingPlan, train
-    from iclora_trainer.model.tiny import create_tiny_checkpoint
     from iclora_trainer.storage import LocalStore
-    from iclora_trainer.synthetic import write_synthetic_prepared
 
     deepspeed.init_distributed(dist_backend="gloo")
     ck = create_tiny_checkpoint(root / "ck")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iclora_trainer.config import TrainerSettings
+from iclora_api.trainer_settings import TrainerSettings
 from iclora_trainer.errors import ModelConfigError
 from iclora_trainer.loop import load_and_precompute
 from iclora_trainer.lora_io import export_lora, lora_parameters

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from iclora_operator.cli import main
-from iclora_trainer.contract import ExitCode, Result
+from iclora_api.cli import main
+from iclora_api.contract import ExitCode, Result
 
 pytestmark = pytest.mark.trainer
 

@@ -28,7 +28,7 @@ def _cmd(spec: Path, dataset: Path, out: Path, ck, work: Path, batch: int, engin
     return [
         sys.executable,
         "-m",
-        "iclora_operator.cli",
+        "iclora_api.cli",
         "train",
         "--spec",
         str(spec),

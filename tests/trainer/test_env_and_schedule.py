@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iclora_trainer.config import load_settings
+from iclora_api.trainer_settings import load_settings
 from iclora_trainer.distributed import dist_env
 from iclora_trainer.engine import OptimConfig, lr_factor
 from iclora_trainer.loop import sample_indices, sample_noise

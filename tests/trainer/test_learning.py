@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iclora_trainer.evaluation import load_with_lora, masked_loss
+from iclora_dev.evaluation import load_with_lora, masked_loss
+from iclora_dev.synthetic_prepared import write_synthetic_prepared
 from iclora_trainer.loop import load_and_precompute, train
 from iclora_trainer.storage import LocalStore
-from iclora_trainer.synthetic import write_synthetic_prepared
 
 from .conftest import SINGLE, make_plan, make_settings
 

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from iclora_trainer.contract import Progress, Result
+from iclora_api.contract import Progress, Result
 from iclora_trainer.loop import train
 from iclora_trainer.storage import LocalStore
 

@@ -58,10 +58,10 @@ def test_rejects_geometry_off_the_latent_grid() -> None:
 @pytest.mark.media
 def test_prepared_mask_target_reference_stay_aligned(tmp_path, tiny_checkpoint) -> None:
     """Read back through the trainer: latent mask cells sit where the target differs from background."""
+    from iclora_dev.synthetic_prepared import write_synthetic_prepared
     from iclora_trainer.data import precompute, read_prepared
     from iclora_trainer.model.loading import load_video_encoder
     from iclora_trainer.model.text import load_text_encoder
-    from iclora_trainer.synthetic import write_synthetic_prepared
 
     root = write_synthetic_prepared(tmp_path / "ds", clips=2, width=96, height=64, frames=9)
     _, triplets = read_prepared(root)

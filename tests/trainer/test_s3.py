@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from iclora_operator.cli import main
-from iclora_trainer.contract import Progress, Result
+from iclora_api.cli import main
+from iclora_api.contract import Progress, Result
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
@@ -17,7 +17,7 @@ BUCKET = "iclora"
 
 @pytest.fixture
 def s3(s3_store, monkeypatch):
-    """The session's SeaweedFS (iclora_operator.localcluster), credentials in the AWS_* environment."""
+    """The session's SeaweedFS (iclora_dev.localcluster), credentials in the AWS_* environment."""
     for k, v in s3_store.env().items():
         monkeypatch.setenv(k, v)
     return s3_store.client()

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from iclora_operator.api import bucket_size, snap_frames
-from iclora_operator.api.v1alpha1 import DEFAULT_VALIDATION_NEGATIVE_PROMPT
-from iclora_operator.api.validation import SpecInvalid, spec_from_document, validate_spec
+from iclora_api import bucket_size, snap_frames
+from iclora_api.v1alpha1 import DEFAULT_VALIDATION_NEGATIVE_PROMPT
+from iclora_api.validation import SpecInvalid, spec_from_document, validate_spec
 
 URL = "https://example.com/data.zip"
 SAMPLE = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from iclora_operator.api.crdgen import crd_files, render_crd, render_crd_yaml, render_profile_crd
+from iclora_api.crdgen import crd_files, render_crd, render_crd_yaml, render_profile_crd
 from tests.conftest import REPO_ROOT
 
 

@@ -14,7 +14,7 @@ WIDTH, HEIGHT, FRAMES, FPS = 64, 64, 9, 24
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    from iclora_trainer.model.tiny import create_tiny_checkpoint
+    from iclora_dev.tiny_model import create_tiny_checkpoint
 
     return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"))
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.trainer
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from iclora_trainer.synthetic import write_synthetic_prepared
+    from iclora_dev.synthetic_prepared import write_synthetic_prepared
 
     return write_synthetic_prepared(tmp_path_factory.mktemp("prepared"), clips=2, width=64, height=64, frames=9)
 

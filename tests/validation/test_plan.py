@@ -12,8 +12,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "request.json"
 
 
 def test_validation_plan_from_spec() -> None:
-    from iclora_operator.api.documents import read_document
-    from iclora_operator.api.validation import spec_from_document, validate_spec
+    from iclora_api.documents import read_document
+    from iclora_api.validation import spec_from_document, validate_spec
     from iclora_trainer.cli import _validation_plan
 
     spec = validate_spec(spec_from_document(read_document(str(EXAMPLE))))

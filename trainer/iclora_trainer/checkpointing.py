@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iclora_trainer.contract import CHECKPOINTS_DIR
+from iclora_api.contract import CHECKPOINTS_DIR
 from iclora_trainer.engine import Engine
 from iclora_trainer.errors import CheckpointError, ObjectStoreError
 from iclora_trainer.lora_io import lora_parameters

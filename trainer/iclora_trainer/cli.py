@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse, train, report; every failure ends with a contract exit code and termination message."""
-    from iclora_trainer.contract import Result
+    from iclora_api.contract import Result
     from iclora_trainer.errors import TrainerError
     from iclora_trainer.reporting import write_termination_message
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return int(exc.exit_code)
     except Exception as exc:
         log.exception("internal error")
-        from iclora_trainer.contract import ExitCode
+        from iclora_api.contract import ExitCode
 
         result = Result(
             status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000]
@@ -93,7 +93,7 @@ def _maybe_spawn_local_ranks() -> int | None:
         return None
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "iclora_operator.cli", *sys.argv[1:]],
+            [sys.executable, "-m", "iclora_trainer", *sys.argv[1:]],
             env={**os.environ, "LOCAL_RANK": str(i)},
         )
         for i in range(gpus)
@@ -103,9 +103,9 @@ def _maybe_spawn_local_ranks() -> int | None:
 
 
 def _train(args: argparse.Namespace) -> Any:
-    from iclora_operator.api.documents import read_document
-    from iclora_operator.api.validation import spec_from_document, validate_spec
-    from iclora_trainer.config import load_settings
+    from iclora_api.documents import read_document
+    from iclora_api.trainer_settings import load_settings
+    from iclora_api.validation import spec_from_document, validate_spec
     from iclora_trainer.distributed import dist_env, export_torch_env
     from iclora_trainer.errors import DatasetError, SpecError
     from iclora_trainer.loop import TrainingPlan, train

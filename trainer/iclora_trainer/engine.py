@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from iclora_trainer.config import TrainerSettings
+from iclora_api.trainer_settings import TrainerSettings
 from iclora_trainer.errors import ModelConfigError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iclora_trainer.contract import ExitCode
+from iclora_api.contract import ExitCode
 
 
 class TrainerError(Exception):

@@ -11,9 +11,7 @@ from typing import Any
 
 import torch
 
-from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
-from iclora_trainer.config import TrainerSettings, fingerprint
-from iclora_trainer.contract import (
+from iclora_api.contract import (
     ARTIFACTS_DIR,
     CONFIG_NAME,
     DEBUG_ARCHIVE_NAME,
@@ -22,6 +20,8 @@ from iclora_trainer.contract import (
     Artifacts,
     Result,
 )
+from iclora_api.trainer_settings import TrainerSettings, fingerprint
+from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
 from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
 from iclora_trainer.distributed import DistEnv
 from iclora_trainer.engine import build_engine

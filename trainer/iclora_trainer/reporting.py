@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from iclora_trainer.contract import PROGRESS_KEY, RESULT_KEY, TERMINATION_LOG, Progress, Result
+from iclora_api.contract import PROGRESS_KEY, RESULT_KEY, TERMINATION_LOG, Progress, Result
 from iclora_trainer.storage import Store
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from iclora_operator.reconcile.observed import JobState
 from iclora_operator.render import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING, LABEL_UID, MANAGED_BY
 

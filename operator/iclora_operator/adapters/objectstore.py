@@ -12,7 +12,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from iclora_trainer.contract import split_s3_uri
+from iclora_api.contract import split_s3_uri
 
 log = logging.getLogger(__name__)
 

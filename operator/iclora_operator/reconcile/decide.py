@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from iclora_operator.api.conditions import ConditionType, Phase, Reason
+from iclora_api.conditions import ConditionType, Phase, Reason
 from iclora_operator.billing import billing_units
 from iclora_operator.reconcile.failures import classify_failure
 from iclora_operator.reconcile.observed import Observed

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from iclora_operator.api.conditions import Reason
+from iclora_api.conditions import Reason
+from iclora_api.contract import EXIT_CODE_REASONS, ExitCode
 from iclora_operator.reconcile.observed import JobState
-from iclora_trainer.contract import EXIT_CODE_REASONS, ExitCode
 
 MAX_MESSAGE = 1024
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from iclora_operator.api.profile import TrainingProfileSpec
-from iclora_operator.api.v1alpha1 import MaskedICLoraTrainingSpec
-from iclora_operator.api.validation import FieldError
-from iclora_trainer.contract import PreflightResult, Progress, Result
+from iclora_api.contract import PreflightResult, Progress, Result
+from iclora_api.profile import TrainingProfileSpec
+from iclora_api.v1alpha1 import MaskedICLoraTrainingSpec
+from iclora_api.validation import FieldError
 
 
 @dataclass(frozen=True)

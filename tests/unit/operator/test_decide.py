@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from iclora_operator.api.profile import TrainingProfileSpec
-from iclora_operator.api.validation import FieldError, validate_spec
+from iclora_api.contract import Artifacts, PreflightResult, Progress, Result
+from iclora_api.profile import TrainingProfileSpec
+from iclora_api.validation import FieldError, validate_spec
 from iclora_operator.reconcile.decide import Action, decide
 from iclora_operator.reconcile.observed import JobState, Observed
-from iclora_trainer.contract import Artifacts, PreflightResult, Progress, Result
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 SPEC = validate_spec({"trainingDataUrl": "https://e/d.zip", "numberOfSteps": 500, "numberOfFrames": 90})

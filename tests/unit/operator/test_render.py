@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from iclora_operator.api.profile import TrainingProfileSpec
-from iclora_operator.api.validation import validate_spec
+from iclora_api.contract import USER_ERROR_EXIT_CODES
+from iclora_api.profile import TrainingProfileSpec
+from iclora_api.validation import validate_spec
 from iclora_operator.render import (
     KUEUE_QUEUE_LABEL,
     LABEL_UID,
@@ -18,7 +19,6 @@ from iclora_operator.render import (
     render_store_secret,
     render_training_job,
 )
-from iclora_trainer.contract import USER_ERROR_EXIT_CODES
 
 SPEC = validate_spec({
     "trainingDataUrl": "s3://data/d.zip",
@@ -178,7 +178,7 @@ def test_profile_places_preflight_and_training_pods_separately():
 
 
 def test_trainer_settings_are_valid_for_the_trainer():
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings
 
     job = render_training_job(ctx(zero_stage=1, model_path="/m/ltx.safetensors"), suspend=False)
     settings = TrainerSettings.model_validate_json(env_of(job)["ICLORA_TRAINER_SETTINGS"]["value"])
@@ -188,8 +188,8 @@ def test_trainer_settings_are_valid_for_the_trainer():
 
 
 def test_profile_speed_levers_reach_the_trainer():
-    from iclora_operator.api.profile import profile_spec_from_object
-    from iclora_trainer.config import TrainerSettings
+    from iclora_api.profile import profile_spec_from_object
+    from iclora_api.trainer_settings import TrainerSettings
 
     profile = profile_spec_from_object({"spec": {"acceleration": {
         "activationCheckpointing": "blocks:24", "attentionBackends": ["cudnn", "flash"],
@@ -211,7 +211,7 @@ def test_profile_speed_levers_reach_the_trainer():
 def test_profile_rejects_unknown_speed_levers(bad):
     from pydantic import ValidationError
 
-    from iclora_operator.api.profile import profile_spec_from_object
+    from iclora_api.profile import profile_spec_from_object
 
     with pytest.raises(ValidationError, match="acceleration"):
         profile_spec_from_object({"spec": {"acceleration": bad}})

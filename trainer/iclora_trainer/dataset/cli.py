@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from iclora_operator.api.validation import SpecInvalid, validate_spec
+    from iclora_api.validation import SpecInvalid, validate_spec
     from iclora_trainer.dataset.preflight import FitParams, prepare_dataset
 
     if not Path(args.zip).is_file():
@@ -62,7 +62,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_preflight(args: argparse.Namespace) -> int:
-    from iclora_trainer.contract import ExitCode, PreflightResult
+    from iclora_api.contract import ExitCode, PreflightResult
     from iclora_trainer.dataset.preflight import run_preflight_job
     from iclora_trainer.errors import TrainerError
     from iclora_trainer.reporting import write_termination_message

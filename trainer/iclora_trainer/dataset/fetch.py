@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from iclora_trainer.contract import split_s3_uri
+from iclora_api.contract import split_s3_uri
 from iclora_trainer.errors import DatasetDownloadError
 
 ALLOW_PRIVATE_ENV = "ICLORA_ALLOW_PRIVATE_NETWORKS"

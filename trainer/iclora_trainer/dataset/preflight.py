@@ -185,7 +185,7 @@ def prepare_for_training(zip_path: str | Path, spec, out_dir: Path) -> Path:
 
 def publish_result(output: str, result) -> None:  # PreflightResult
     """Write preflight.json under the run's output (best effort for failures: the store may be down)."""
-    from iclora_trainer.contract import PREFLIGHT_KEY
+    from iclora_api.contract import PREFLIGHT_KEY
     from iclora_trainer.storage import open_store
 
     try:
@@ -196,9 +196,9 @@ def publish_result(output: str, result) -> None:  # PreflightResult
 
 def run_preflight_job(spec_source: str, output: str, work: Path, dataset: str | None = None):
     """The CPU Job: spec -> fetch -> prepare -> upload prepared/ and preflight.json; returns the result."""
-    from iclora_operator.api.documents import read_document
-    from iclora_operator.api.validation import spec_from_document, validate_spec
-    from iclora_trainer.contract import ARTIFACTS_DIR, DEBUG_ARCHIVE_NAME, PREFLIGHT_KEY, PREPARED_DIR, PreflightResult
+    from iclora_api.contract import ARTIFACTS_DIR, DEBUG_ARCHIVE_NAME, PREFLIGHT_KEY, PREPARED_DIR, PreflightResult
+    from iclora_api.documents import read_document
+    from iclora_api.validation import spec_from_document, validate_spec
     from iclora_trainer.dataset.debug_archive import write_debug_archive
     from iclora_trainer.dataset.fetch import fetch_dataset
     from iclora_trainer.errors import ObjectStoreError, SpecError

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from iclora_trainer.config import CHECKPOINTING_PATTERN, TrainerSettings
+from iclora_api.trainer_settings import CHECKPOINTING_PATTERN, TrainerSettings
 from iclora_trainer.errors import ModelConfigError
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")

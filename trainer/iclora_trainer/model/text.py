@@ -56,20 +56,6 @@ class TinyTextEncoder(torch.nn.Module):
         return TextEmbeddings(context=context.float().cpu(), mask=mask)
 
 
-def create_tiny_text_encoder(path: str | Path, *, dim: int, seed: int = 0, max_length: int = 32) -> Path:
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    module = TinyTextEncoder(dim, max_length)
-    path = Path(path)
-    save_file(
-        {k: v.contiguous() for k, v in module.state_dict().items()},
-        str(path),
-        metadata={"kind": TINY_TEXT_KIND, "config": json.dumps({"dim": dim, "max_length": max_length})},
-    )
-    return path
-
-
 def _tiny_metadata(path: Path) -> dict[str, str] | None:
     if not (path.is_file() and path.suffix == ".safetensors"):
         return None

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iclora_operator.api.crdgen import crd_files, render_crd_yaml
+    from iclora_api.crdgen import crd_files, render_crd_yaml
 
     if args.write:
         folder = Path(args.write)

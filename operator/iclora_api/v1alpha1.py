@@ -1,7 +1,7 @@
 """`MaskedICLoraTraining` v1alpha1: every request parameter of the product, in camelCase.
 
 The models here are the single source of truth: the CRD schema is generated
-from them (`iclora_operator.api.crdgen`), the CLI validates with them, and the
+from them (`iclora_api.crdgen`), the CLI validates with them, and the
 operator re-validates every resource with them before it acts.
 
 Specs are validated the way the Kubernetes API server sees them, as JSON, in
@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from iclora_operator.api.conditions import Phase
-from iclora_operator.api.video import (
+from iclora_api.conditions import Phase
+from iclora_api.geometry import (
     MAX_FRAMES,
     MIN_FRAMES,
     SPATIAL_FACTOR,

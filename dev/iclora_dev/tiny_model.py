@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from iclora_trainer.model.text import TINY_TEXT_KIND, TinyTextEncoder
+
 TINY_CHECKPOINT_NAME = "ltx-tiny.safetensors"
 TINY_TEXT_ENCODER_NAME = "text-encoder-tiny.safetensors"
 
@@ -89,8 +91,6 @@ def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwa
     from ltx_core.model.transformer.model_configurator import LTXVideoOnlyModelConfigurator
     from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
     from safetensors.torch import save_file
-
-    from iclora_trainer.model.text import create_tiny_text_encoder
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -170,3 +170,18 @@ def _random_like(name: str, value: torch.Tensor, generator: torch.Generator) -> 
     if name.endswith("weight"):
         return torch.ones(value.shape)
     return torch.zeros(value.shape)
+
+
+def create_tiny_text_encoder(path: str | Path, *, dim: int, seed: int = 0, max_length: int = 32) -> Path:
+    """A TinyTextEncoder with random weights, saved the way the trainer's text loader reads it."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    module = TinyTextEncoder(dim, max_length)
+    path = Path(path)
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()},
+        str(path),
+        metadata={"kind": TINY_TEXT_KIND, "config": json.dumps({"dim": dim, "max_length": max_length})},
+    )
+    return path

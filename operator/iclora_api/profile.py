@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from iclora_trainer.config import CHECKPOINTING_PATTERN, SdpaBackend
+from iclora_api.trainer_settings import CHECKPOINTING_PATTERN, SdpaBackend
 
 PROFILE_KIND = "TrainingProfile"
 PROFILE_PLURAL = "trainingprofiles"

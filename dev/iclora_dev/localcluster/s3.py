@@ -8,9 +8,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from iclora_operator.localcluster import procs
-from iclora_operator.localcluster.pki import new_token
-from iclora_operator.localcluster.ports import free_ports
+from iclora_dev.localcluster import procs
+from iclora_dev.localcluster.pki import new_token
+from iclora_dev.localcluster.ports import free_ports
 
 DEFAULT_BUCKETS = ("iclora",)
 

@@ -90,7 +90,7 @@ def load_settings(path: str | Path | None, env: dict[str, str], overrides: dict[
     data: dict[str, Any] = {}
     if path:
         # A file, `-` or `env:NAME` (how the operator's Job hands the settings over).
-        from iclora_operator.api.documents import read_document
+        from iclora_api.documents import read_document
 
         data.update(read_document(str(path)) or {})
     for name in TrainerSettings.model_fields:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iclora_operator.localcluster import nodes, procs
+from iclora_dev.localcluster import nodes, procs
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 NAMESPACE = "demo"
@@ -90,7 +90,7 @@ def _follow(custom: Any, timeout: float) -> dict[str, Any]:
 
 
 def _download(s3: Any, uri: str, folder: Path) -> Path:
-    from iclora_trainer.contract import split_s3_uri
+    from iclora_api.contract import split_s3_uri
 
     bucket, key = split_s3_uri(uri)
     target = folder / Path(key).name
@@ -101,14 +101,14 @@ def _download(s3: Any, uri: str, folder: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
+    from iclora_api.crdgen import render_crd, render_profile_crd
+    from iclora_dev.localcluster import binaries
+    from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
+    from iclora_dev.synthetic import write_dataset_zip, write_validation_set
+    from iclora_dev.tiny_model import create_tiny_checkpoint
     from iclora_operator.adapters.kube import install_crds
-    from iclora_operator.api.crdgen import render_crd, render_profile_crd
-    from iclora_operator.demo.synthetic import write_dataset_zip, write_validation_set
-    from iclora_operator.localcluster import binaries
-    from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
     from iclora_operator.run import run_operator
     from iclora_operator.settings import OperatorSettings, StoreSettings
-    from iclora_trainer.model.tiny import create_tiny_checkpoint
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The operator runs in a thread here; kopf's note that it cannot take OS signals is expected.

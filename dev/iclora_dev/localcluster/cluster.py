@@ -27,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iclora_operator.localcluster import binaries, nodes, procs
-from iclora_operator.localcluster.pki import new_token, write_pki
-from iclora_operator.localcluster.ports import free_ports
-from iclora_operator.localcluster.s3 import DEFAULT_BUCKETS, S3Store, s3_ready, start_weed
+from iclora_dev.localcluster import binaries, nodes, procs
+from iclora_dev.localcluster.pki import new_token, write_pki
+from iclora_dev.localcluster.ports import free_ports
+from iclora_dev.localcluster.s3 import DEFAULT_BUCKETS, S3Store, s3_ready, start_weed
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class LocalCluster:
             argv = [
                 sys.executable,
                 "-m",
-                "iclora_operator.localcluster.podrunner",
+                "iclora_dev.localcluster.podrunner",
                 f"--kubeconfig={kubeconfig}",
                 f"--node={LOCAL_RUNNER_NODE}",
                 f"--pods-dir={self.pods_dir}",
@@ -289,7 +289,7 @@ class LocalCluster:
             self._start_kueue()
 
     def _start_kueue(self) -> None:
-        from iclora_operator.localcluster import kueue
+        from iclora_dev.localcluster import kueue
 
         health, metrics, webhook = free_ports(3)
         argv = kueue.prepare(self, health, metrics, webhook)

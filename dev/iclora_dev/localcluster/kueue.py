@@ -19,10 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iclora_operator.localcluster import binaries, nodes
+from iclora_dev.localcluster import binaries, nodes
 
 if TYPE_CHECKING:
-    from iclora_operator.localcluster.cluster import LocalCluster
+    from iclora_dev.localcluster.cluster import LocalCluster
 
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 NAMESPACE = "kueue-system"

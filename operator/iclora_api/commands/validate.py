@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def validate_document(doc: Any) -> tuple[dict[str, Any], bool]:
-    from iclora_operator.api.validation import SpecInvalid, spec_from_document, validate_spec
+    from iclora_api.validation import SpecInvalid, spec_from_document, validate_spec
 
     try:
         spec = validate_spec(spec_from_document(doc))
@@ -37,7 +37,7 @@ def validate_document(doc: Any) -> tuple[dict[str, Any], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from iclora_operator.api.documents import DocumentError, read_document
+    from iclora_api.documents import DocumentError, read_document
 
     try:
         doc = read_document(args.file)

@@ -25,6 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from iclora_operator.demo.run import run_demo
+    from iclora_dev.demo.run import run_demo
 
     return run_demo(args)

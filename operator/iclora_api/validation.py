@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
-from iclora_operator.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ The CRD (`crds/`), the CLI validator and the operator's own re-validation all
 read these models.
 """
 
-from iclora_operator.api.v1alpha1 import (
+from iclora_api.geometry import AspectRatio, Resolution, bucket_size, snap_frames
+from iclora_api.v1alpha1 import (
     API_GROUP,
     API_VERSION,
     KIND,
@@ -14,7 +15,6 @@ from iclora_operator.api.v1alpha1 import (
     MaskedICLoraTrainingStatus,
     ValidationSample,
 )
-from iclora_operator.api.video import AspectRatio, Resolution, bucket_size, snap_frames
 
 __all__ = [
     "API_GROUP",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from iclora_operator.localcluster.binaries import DEFAULT_COMPONENTS  # stdlib only: cheap
+    from iclora_dev.localcluster.binaries import DEFAULT_COMPONENTS  # stdlib only: cheap
 
     parser = subparsers.add_parser(
         "local-cluster",
@@ -77,7 +77,7 @@ def _logging() -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from iclora_operator.localcluster import binaries
+    from iclora_dev.localcluster import binaries
 
     _logging()
     t0 = time.monotonic()
@@ -91,14 +91,14 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _resolve_state_dir(args: argparse.Namespace) -> Path:
-    from iclora_operator.localcluster.cluster import default_state_dir
+    from iclora_dev.localcluster.cluster import default_state_dir
 
     return (args.state_dir or default_state_dir()).resolve()
 
 
 def _up(args: argparse.Namespace) -> int:
-    from iclora_operator.localcluster import binaries
-    from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster
+    from iclora_dev.localcluster import binaries
+    from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
 
     _logging()
     if not args.no_build:
@@ -139,7 +139,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from iclora_operator.localcluster.cluster import stop_recorded
+    from iclora_dev.localcluster.cluster import stop_recorded
 
     _logging()
     stop_recorded(_resolve_state_dir(args))
@@ -147,7 +147,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from iclora_operator.localcluster.cluster import LocalCluster
+    from iclora_dev.localcluster.cluster import LocalCluster
 
     state_dir = _resolve_state_dir(args)
     try:
@@ -160,7 +160,7 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _exports(cluster: object) -> str:
-    from iclora_operator.localcluster.cluster import LocalCluster
+    from iclora_dev.localcluster.cluster import LocalCluster
 
     assert isinstance(cluster, LocalCluster)
     env = cluster.env()

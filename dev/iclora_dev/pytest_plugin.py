@@ -1,6 +1,6 @@
 """Pytest fixtures for tests against the local cluster.
 
-Load with ``pytest_plugins = ["iclora_operator.localcluster.pytest_plugin"]``.
+Load with ``pytest_plugins = ["iclora_dev.pytest_plugin"]``.
 
 - ``s3_store`` (session): a SeaweedFS S3 store (``S3Store``: endpoint, host, access_key,
   secret_key, bucket, ``client()``).
@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from iclora_operator.localcluster import binaries
-from iclora_operator.localcluster.cluster import ClusterConfig, LocalCluster, reap_orphans
-from iclora_operator.localcluster.s3 import LocalS3, S3Store
+from iclora_dev.localcluster import binaries
+from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster, reap_orphans
+from iclora_dev.localcluster.s3 import LocalS3, S3Store
 
 T = TypeVar("T")
 
