@@ -61,6 +61,11 @@ def snap_frames(frames: int) -> int:
     return ((frames - 1) // TEMPORAL_FACTOR) * TEMPORAL_FACTOR + 1
 
 
-def latent_frames(frames: int) -> int:
-    """Latent frames for a (snapped) pixel frame count: frame 0 alone, then groups of 8."""
-    return (frames - 1) // TEMPORAL_FACTOR + 1
+def latent_frames(frames: int, temporal: int = TEMPORAL_FACTOR) -> int:
+    """Latent frames of a pixel frame count 1 + 8k: frame 0 alone, then groups of 8.
+
+    Raises ValueError for a count the causal VAE cannot encode (not 1 + temporal*k).
+    """
+    if frames < 1 or (frames - 1) % temporal:
+        raise ValueError(f"frame count {frames} is not 1 + {temporal}k")
+    return (frames - 1) // temporal + 1

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from iclora_api.trainer_settings import CHECKPOINTING_PATTERN, SdpaBackend
+from iclora_api.trainer_settings import SpeedLevers
 
 PROFILE_KIND = "TrainingProfile"
 PROFILE_PLURAL = "trainingprofiles"
@@ -43,32 +43,8 @@ class Toleration(_ProfileModel):
     toleration_seconds: int | None = None
 
 
-class Acceleration(_ProfileModel):
-    """How the training step uses the GPU (the trainer's speed levers); the defaults are the safe ones."""
-
-    activation_checkpointing: str = Field(
-        default="all",
-        pattern=CHECKPOINTING_PATTERN,
-        description=(
-            "Blocks whose activations are recomputed in backward: all, none, every:N, blocks:K "
-            "(the first K) or selective:K (all, but the first K keep their attention outputs). "
-            "Less recomputation means faster steps and more GPU memory."
-        ),
-    )
-    attention_backends: list[SdpaBackend] = Field(
-        default_factory=list,
-        max_length=4,
-        description="Attention (SDPA) backends allowed, in priority order; empty lets PyTorch choose.",
-    )
-    compile_blocks: bool = Field(default=False, description="torch.compile every transformer block.")
-    fp8_base: bool = Field(
-        default=False,
-        description="FP8 matmuls for the frozen base weights (torchao); GPUs of compute capability 8.9+.",
-    )
-    fused_lora: bool = Field(
-        default=False,
-        description="Add each LoRA branch to its projection in one fused matmul, in the activations' precision.",
-    )
+class Acceleration(SpeedLevers, _ProfileModel):
+    """The trainer's speed levers (iclora_api.trainer_settings.SpeedLevers: same fields, camelCase names)."""
 
 
 class TrainingProfileSpec(_ProfileModel):

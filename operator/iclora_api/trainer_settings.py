@@ -18,7 +18,44 @@ CHECKPOINTING_PATTERN = r"^(all|none|every:[1-9][0-9]*|blocks:[0-9]+|selective:[
 SdpaBackend = Literal["flash", "cudnn", "efficient", "math"]
 
 
-class TrainerSettings(BaseModel):
+class SpeedLevers(BaseModel):
+    """How the training step uses the GPU: defined once, read by the trainer and set by the admin.
+
+    `TrainerSettings` has these fields, and `TrainingProfile.spec.acceleration` (iclora_api.profile)
+    is the same model with Kubernetes' camelCase names; the operator copies one into the other
+    field by field (iclora_operator.render.trainer_settings). The defaults are the safe ones.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    activation_checkpointing: str = Field(
+        default="all",
+        pattern=CHECKPOINTING_PATTERN,
+        description=(
+            "Blocks whose activations are recomputed in backward: all, none, every:N, blocks:K "
+            "(the first K) or selective:K (all, but the first K keep their attention outputs). "
+            "Less recomputation means faster steps and more GPU memory."
+        ),
+    )
+    attention_backends: list[SdpaBackend] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Attention (SDPA) backends allowed, in priority order; empty lets PyTorch choose.",
+    )
+    compile_blocks: bool = Field(default=False, description="torch.compile every transformer block.")
+    fp8_base: bool = Field(
+        default=False,
+        description="FP8 matmuls for the frozen base weights (torchao); GPUs of compute capability 8.9+.",
+    )
+    fused_lora: bool = Field(
+        default=False,
+        description="Add each LoRA branch to its projection in one fused matmul, in the activations' precision.",
+    )
+
+
+class TrainerSettings(SpeedLevers):
+    """Everything of a training run that is not the user's spec (the profile's and the operator's part)."""
+
     model_config = ConfigDict(extra="forbid")
 
     model_path: str | None = Field(
@@ -49,25 +86,6 @@ class TrainerSettings(BaseModel):
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
-    activation_checkpointing: str = Field(
-        default="all",
-        pattern=CHECKPOINTING_PATTERN,
-        description=(
-            "Blocks recomputed in backward: all | none | every:N | blocks:K (the first K) | selective:K "
-            "(every block; the first K keep their attention outputs and recompute the rest)."
-        ),
-    )
-    attention_backends: list[SdpaBackend] = Field(
-        default_factory=list, description="SDPA backends allowed, in priority order (empty: PyTorch chooses)."
-    )
-    compile_blocks: bool = Field(default=False, description="torch.compile every transformer block.")
-    fp8_base: bool = Field(
-        default=False, description="FP8 matmuls (torchao) for the frozen base linears; GPUs of capability 8.9+."
-    )
-    fused_lora: bool = Field(
-        default=False,
-        description="LoRA branch in the activations' dtype, scaled and added in one addmm (no output-sized passes).",
-    )
     sigma_std: float = Field(default=1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
     validation_interval: int = Field(
         default=0, ge=0, description="Render the validation reel every N steps (0: only at the end)."

@@ -13,7 +13,7 @@ from typing import Any
 
 from iclora_api.contract import PREPARED_DIR, TERMINATION_LOG, USER_ERROR_EXIT_CODES
 from iclora_api.profile import TrainingProfileSpec
-from iclora_api.trainer_settings import TrainerSettings
+from iclora_api.trainer_settings import SpeedLevers, TrainerSettings
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
 
 LABEL_TRAINING = f"{API_GROUP}/training"
@@ -305,11 +305,8 @@ def trainer_settings(ctx: RunContext) -> dict[str, Any]:
         checkpoint_interval=p.checkpoint_interval,
         zero_stage=p.zero_stage,
         device=p.device,
-        activation_checkpointing=p.acceleration.activation_checkpointing,
-        attention_backends=p.acceleration.attention_backends,
-        compile_blocks=p.acceleration.compile_blocks,
-        fp8_base=p.acceleration.fp8_base,
-        fused_lora=p.acceleration.fused_lora,
+        # The profile's levers are TrainerSettings' own fields (SpeedLevers): copied by name.
+        **{name: getattr(p.acceleration, name) for name in SpeedLevers.model_fields},
     )
     return settings.model_dump(mode="json", exclude_defaults=True)
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from iclora_api.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR
 from iclora_trainer.dataset.prepared import PreparedManifest, read_clip, read_mask
 from iclora_trainer.errors import DatasetError
-from iclora_trainer.masks import SPATIAL_FACTOR, TEMPORAL_FACTOR, latent_mask
+from iclora_trainer.masks import latent_mask
 from iclora_trainer.strategy import LatentBatch
 
 log = logging.getLogger(__name__)

@@ -12,14 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TEMPORAL_FACTOR = 8
-SPATIAL_FACTOR = 32
-
-
-def latent_frame_count(frames: int, temporal: int = TEMPORAL_FACTOR) -> int:
-    if frames < 1 or (frames - 1) % temporal:
-        raise ValueError(f"frame count {frames} is not 1 + {temporal}k")
-    return (frames - 1) // temporal + 1
+# The VAE's compression factors are a fact of the model, stated once in the contract.
+from iclora_api.geometry import SPATIAL_FACTOR, TEMPORAL_FACTOR, latent_frames
 
 
 def latent_mask(
@@ -29,7 +23,7 @@ def latent_mask(
     batch, frames, height, width = pixel_mask.shape
     if height % spatial or width % spatial:
         raise ValueError(f"mask size {height}x{width} is not divisible by {spatial}")
-    latent_frame_count(frames, temporal)
+    latent_frames(frames, temporal)
     m = pixel_mask.to(torch.float32)
     # Causal grouping: frame 0 alone, then groups of `temporal`.
     first = m[:, :1]
