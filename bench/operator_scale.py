@@ -76,6 +76,21 @@ def request_counts(cluster) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:12])
 
 
+def operator_code(env: dict[str, str]) -> dict[str, object]:
+    """Which iclora_operator the operator process imports with this environment (PYTHONPATH may
+    point at another checkout), and that checkout's commit and whether it has local changes."""
+    probe = "import os, iclora_operator; print(os.path.dirname(os.path.abspath(iclora_operator.__file__)))"
+    path = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True,
+                          cwd=tempfile.gettempdir()).stdout.strip()
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", path, *argv], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {"path": path, "commit": git("rev-parse", "--short", "HEAD"),
+            "modified": bool(git("status", "--porcelain", "--", "."))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
@@ -137,6 +152,8 @@ def main() -> int:
         else:
             print("operator runs with glibc malloc (the image uses jemalloc: apt-get install libjemalloc2)")
             env["MALLOC_ARENA_MAX"] = "2"
+        code = operator_code(env)
+        print(f"operator code: {code['path']} at {code['commit']}" + (" (modified)" if code["modified"] else ""))
         log = open(state / "operator.log", "w")  # noqa: SIM115 - closed with the process
         from iclora_dev.localcluster.ports import free_ports
 
@@ -228,6 +245,7 @@ def main() -> int:
             "command": f"python bench/operator_scale.py --count {args.count}"
             + (" --baseline" if args.baseline else ""),
             "resources": args.count,
+            "operator_code": "none (no operator)" if args.baseline else code,
             "jobs_created": jobs,
             "seconds_to_apply": round(applied, 1),
             "seconds_until_every_job": round(all_jobs, 1),

@@ -14,12 +14,54 @@ one key layout per run, and through their exit code and termination message:
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from iclora_api.conditions import Reason
+
 TERMINATION_LOG = "/dev/termination-log"
+
+# --- Environment of the trainer pods ---------------------------------------------------------
+# Every variable the operator's rendered Jobs set and the trainer reads, named once here and
+# imported by both sides (tests/unit/test_env_contract.py checks that they agree).
+
+# The training request (manifest or request JSON), read through `--spec env:ICLORA_SPEC`.
+SPEC_ENV = "ICLORA_SPEC"
+# TrainerSettings as JSON, read through `--settings env:ICLORA_TRAINER_SETTINGS` (training Job).
+TRAINER_SETTINGS_ENV = "ICLORA_TRAINER_SETTINGS"
+# Prefix of the per-field TrainerSettings overrides: ICLORA_<FIELD>, e.g. ICLORA_ZERO_STAGE.
+TRAINER_SETTINGS_ENV_PREFIX = "ICLORA_"
+# Local scratch folder: TrainerSettings.work_dir in the training, the preflight's scratch too.
+WORK_DIR_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}WORK_DIR"
+# LTX-2.3 checkpoint and text encoder (TrainerSettings.model_path, .text_encoder_path).
+MODEL_PATH_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}MODEL_PATH"
+TEXT_ENCODER_PATH_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}TEXT_ENCODER_PATH"
+# Where the termination message goes when --termination-log is not given (default TERMINATION_LOG).
+TERMINATION_LOG_ENV = "ICLORA_TERMINATION_LOG"
+# Geometry of the training: pods (nodes) of the Indexed Job and processes (GPUs) per pod.
+NNODES_ENV = "ICLORA_NNODES"
+GPUS_PER_NODE_ENV = "ICLORA_GPUS_PER_NODE"
+# Rendezvous of the ranks (torch env://): pod 0's address and port; the node index of a pod is
+# the Indexed Job's JOB_COMPLETION_INDEX, which Kubernetes sets.
+MASTER_ADDR_ENV = "MASTER_ADDR"
+MASTER_PORT_ENV = "MASTER_PORT"
+JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+# "1" lets the fetches of user-named URLs (dataset, validation media) reach private networks.
+ALLOW_PRIVATE_NETWORKS_ENV = "ICLORA_ALLOW_PRIVATE_NETWORKS"
+# Logging level of the trainer processes (default INFO).
+LOG_LEVEL_ENV = "ICLORA_LOG_LEVEL"
+# The run's object store (also the keys of the credentials Secrets the pods read them from).
+AWS_ACCESS_KEY_ID_ENV = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+# Endpoint URL: http://host:port (no TLS), https://host[:port]; a bare host[:port] means TLS.
+AWS_ENDPOINT_URL_ENV = "AWS_ENDPOINT_URL"
+AWS_REGION_ENV = "AWS_REGION"
+STORE_ENV_NAMES = (AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_ENDPOINT_URL_ENV, AWS_REGION_ENV)
+# Prefix of the dataset store's variables (ICLORA_DATASET_AWS_ACCESS_KEY_ID, ...): an s3://
+# trainingDataUrl is read with these, each falling back to the run store's variable.
+DATASET_CREDENTIALS_ENV_PREFIX = "ICLORA_DATASET_"
 
 
 class ExitCode(IntEnum):
@@ -42,18 +84,44 @@ class ExitCode(IntEnum):
 
 USER_ERROR_EXIT_CODES = tuple(code.value for code in ExitCode if code.is_user_error)
 
-# The failure reason (status.failure.reason) each exit code maps to.
-EXIT_CODE_REASONS: dict[ExitCode, str] = {
-    ExitCode.INVALID_SPEC: "InvalidSpec",
-    ExitCode.DATASET_DOWNLOAD_FAILED: "DatasetDownloadFailed",
-    ExitCode.DATASET_INVALID: "DatasetInvalid",
-    ExitCode.NO_USABLE_CLIPS: "NoUsableClips",
+
+class Stage(StrEnum):
+    """The two processes of a training, each a Job: the CPU dataset preflight and the GPU training."""
+
+    PREFLIGHT = "preflight"
+    TRAINING = "training"
+
+
+# The one exit code -> status.failure.reason table. The trainer writes these reasons into its
+# reports and the operator reads them back from the exit code, so the two cannot disagree.
+# User errors (10-19) name what to fix, the same in every stage:
+EXIT_CODE_REASONS: dict[ExitCode, Reason] = {
+    ExitCode.INVALID_SPEC: Reason.INVALID_SPEC,
+    ExitCode.DATASET_DOWNLOAD_FAILED: Reason.DATASET_DOWNLOAD_FAILED,
+    ExitCode.DATASET_INVALID: Reason.DATASET_INVALID,
+    ExitCode.NO_USABLE_CLIPS: Reason.NO_USABLE_CLIPS,
     # The admin's profile (model paths, speed levers), not the user's spec.
-    ExitCode.MODEL_CONFIG_INVALID: "ProfileInvalid",
-    ExitCode.OBJECT_STORE_UNAVAILABLE: "TrainingFailed",
-    ExitCode.CHECKPOINT_FAILED: "TrainingFailed",
-    ExitCode.INTERNAL_ERROR: "TrainingFailed",
+    ExitCode.MODEL_CONFIG_INVALID: Reason.PROFILE_INVALID,
 }
+# Infrastructure and internal failures (20-29: object store, checkpoint, bug) are nothing the
+# tenant can fix: they read as the failure of the stage they happened in.
+STAGE_FAILURE_REASONS: dict[Stage, Reason] = {
+    Stage.PREFLIGHT: Reason.PREFLIGHT_FAILED,
+    Stage.TRAINING: Reason.TRAINING_FAILED,
+}
+
+
+def reason_for(code: int, stage: Stage | str) -> Reason:
+    """status.failure.reason of a `stage` process that exited with the contract failure `code`.
+
+    Raises ValueError for 0 and for codes outside the contract (signals, OOM kills, a crashed
+    interpreter): those say nothing about why, and the caller falls back on what else it knows.
+    """
+    stage = Stage(stage)
+    exit_code = ExitCode(code)
+    if exit_code is ExitCode.OK:
+        raise ValueError("exit code 0 is not a failure")
+    return EXIT_CODE_REASONS.get(exit_code) or STAGE_FAILURE_REASONS[stage]
 
 
 class _Model(BaseModel):
@@ -61,6 +129,8 @@ class _Model(BaseModel):
 
 
 class Progress(_Model):
+    """progress.json. status.progress shows it in its own shape (`iclora_api.v1alpha1.Progress`)."""
+
     step: int
     total_steps: int = Field(alias="totalSteps")
     loss: float | None = None
@@ -68,11 +138,32 @@ class Progress(_Model):
     heartbeat: str = Field(description="UTC ISO-8601 time of this report.")
 
 
-class Artifacts(_Model):
-    lora_file: str = Field(alias="loraFile")
-    config_file: str = Field(alias="configFile")
+# Models that are also status fields (iclora_api.v1alpha1) carry no class docstring: it would
+# become a description in the generated CRD.
+
+
+class ArtifactUris(_Model):
+    # URIs of a run's artifacts, any of them; status.artifacts (the verified `Artifacts` of a
+    # successful run's result.json). The CRD requires none of them.
+    lora_file: str | None = Field(default=None, alias="loraFile")
+    config_file: str | None = Field(default=None, alias="configFile")
     video: str | None = None
     debug_dataset: str | None = Field(default=None, alias="debugDataset")
+
+
+class Artifacts(ArtifactUris):
+    # result.json's artifacts: `ArtifactUris` where a successful run always names its LoRA and config.
+    lora_file: str = Field(alias="loraFile")
+    config_file: str = Field(alias="configFile")
+
+
+class SkippedTriplet(_Model):
+    # A triplet the preflight left out, and why: in preflight.json, the prepared dataset's
+    # manifest (iclora_trainer.dataset.prepared) and status.dataset.skipped.
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    reason: str
 
 
 class Result(_Model):
@@ -92,7 +183,7 @@ class PreflightResult(_Model):
     reason: str | None = None
     message: str | None = None
     usable: int = 0
-    skipped: list[dict[str, str]] = Field(default_factory=list)
+    skipped: list[SkippedTriplet] = Field(default_factory=list)
     prepared: str | None = Field(default=None, description="URI of the prepared dataset folder.")
 
 

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ENV_PREFIX = "ICLORA_"
+from iclora_api.contract import TRAINER_SETTINGS_ENV_PREFIX
+
+ENV_PREFIX = TRAINER_SETTINGS_ENV_PREFIX
 # Activation checkpointing per transformer block (see iclora_trainer.model.acceleration).
 CHECKPOINTING_PATTERN = r"^(all|none|every:[1-9][0-9]*|blocks:[0-9]+|selective:[0-9]+)$"
 SdpaBackend = Literal["flash", "cudnn", "efficient", "math"]

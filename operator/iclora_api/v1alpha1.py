@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic.alias_generators import to_camel
 
 from iclora_api.conditions import Phase
+from iclora_api.contract import ArtifactUris, SkippedTriplet
 from iclora_api.geometry import (
     MAX_FRAMES,
     MIN_FRAMES,
@@ -290,7 +291,13 @@ def downscale_conflicts(spec: MaskedICLoraTrainingSpec) -> list[tuple[str, tuple
 
 
 class StatusModel(BaseModel):
-    """Base of status models: camelCase, built by the operator (not strict input)."""
+    """Base of status models: camelCase, built by the operator (not strict input).
+
+    A status field that shows a trainer report is that report's model where the shapes agree
+    (`iclora_api.contract.ArtifactUris`, `.SkippedTriplet`), and derived from it where they do
+    not (`Progress`). Models of the status carry no class docstring unless it is meant as a
+    description in the CRD.
+    """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -307,18 +314,16 @@ class Condition(StatusModel):
 
 
 class Progress(StatusModel):
+    # status.progress: the last report (iclora_api.contract.Progress) as shown on the resource,
+    # derived from it by the operator (reconcile.decide): the report's step and etaSeconds;
+    # totalSteps from the spec; its loss as a decimal string (a kubectl column); its heartbeat
+    # as updatedAt. Nothing is required: all zero before the first report. The step shown never
+    # goes backwards, and a report without a loss keeps the last one shown.
     step: int = 0
     total_steps: int = 0
     loss: str | None = Field(default=None, description="Last reported training loss (decimal string).")
     eta_seconds: int | None = None
     updated_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-
-
-class Artifacts(StatusModel):
-    lora_file: str | None = None
-    config_file: str | None = None
-    video: str | None = None
-    debug_dataset: str | None = None
 
 
 class Failure(StatusModel):
@@ -333,11 +338,6 @@ class EffectiveValues(StatusModel):
     height: int
     validation_width: int
     validation_height: int
-
-
-class SkippedTriplet(StatusModel):
-    name: str
-    reason: str
 
 
 class DatasetSummary(StatusModel):
@@ -358,7 +358,8 @@ class MaskedICLoraTrainingStatus(StatusModel):
     )
     progress: Progress | None = None
     billing_units: int | None = Field(default=None, description="0 until success, then max(100, steps).")
-    artifacts: Artifacts | None = None
+    # The verified artifacts of result.json (iclora_api.contract.Artifacts), once Succeeded.
+    artifacts: ArtifactUris | None = None
     failure: Failure | None = None
     effective: EffectiveValues | None = None
     dataset: DatasetSummary | None = None

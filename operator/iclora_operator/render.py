@@ -11,7 +11,25 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from iclora_api.contract import PREPARED_DIR, TERMINATION_LOG, USER_ERROR_EXIT_CODES
+from iclora_api.contract import (
+    ALLOW_PRIVATE_NETWORKS_ENV,
+    AWS_ACCESS_KEY_ID_ENV,
+    AWS_ENDPOINT_URL_ENV,
+    AWS_REGION_ENV,
+    AWS_SECRET_ACCESS_KEY_ENV,
+    DATASET_CREDENTIALS_ENV_PREFIX,
+    GPUS_PER_NODE_ENV,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NNODES_ENV,
+    PREPARED_DIR,
+    SPEC_ENV,
+    TERMINATION_LOG,
+    TERMINATION_LOG_ENV,
+    TRAINER_SETTINGS_ENV,
+    USER_ERROR_EXIT_CODES,
+    WORK_DIR_ENV,
+)
 from iclora_api.profile import TrainingProfileSpec
 from iclora_api.trainer_settings import SpeedLevers, TrainerSettings
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
@@ -26,8 +44,6 @@ CONTAINER = "trainer"
 RUN_AS_USER = 1000
 RENDEZVOUS_PORT = 29500
 SCRATCH = "/scratch"
-SPEC_ENV = "ICLORA_SPEC"
-SETTINGS_ENV = "ICLORA_TRAINER_SETTINGS"
 # Prefixes of labels and annotations that belong to tools, never copied to children.
 _FOREIGN_PREFIXES = ("kopf.zalando.org", "kubectl.kubernetes.io", "iclora.dev/", "app.kubernetes.io/")
 
@@ -131,10 +147,10 @@ def render_store_secret(ctx: RunContext, access_key: str, secret_key: str) -> di
         "metadata": _metadata(ctx, ctx.names.store_secret, "store-credentials"),
         "type": "Opaque",
         "stringData": {
-            "AWS_ACCESS_KEY_ID": access_key,
-            "AWS_SECRET_ACCESS_KEY": secret_key,
-            "AWS_ENDPOINT_URL": ctx.store.endpoint,
-            "AWS_REGION": ctx.store.region,
+            AWS_ACCESS_KEY_ID_ENV: access_key,
+            AWS_SECRET_ACCESS_KEY_ENV: secret_key,
+            AWS_ENDPOINT_URL_ENV: ctx.store.endpoint,
+            AWS_REGION_ENV: ctx.store.region,
         },
     }
 
@@ -145,30 +161,32 @@ def _secret_env(secret: str, env_prefix: str = "") -> list[dict[str, Any]]:
         {"name": f"{env_prefix}{key}", "valueFrom": {"secretKeyRef": {"name": secret, "key": key,
                                                                        "optional": optional}}}
         for key, optional in (
-            ("AWS_ACCESS_KEY_ID", False),
-            ("AWS_SECRET_ACCESS_KEY", False),
-            ("AWS_ENDPOINT_URL", True),
-            ("AWS_REGION", True),
+            (AWS_ACCESS_KEY_ID_ENV, False),
+            (AWS_SECRET_ACCESS_KEY_ENV, False),
+            (AWS_ENDPOINT_URL_ENV, True),
+            (AWS_REGION_ENV, True),
         )
     ]
 
 
 def _dataset_env(ctx: RunContext) -> list[dict[str, Any]]:
     ref = ctx.spec.dataset_credentials_secret_ref
-    return _secret_env(ref.name, "ICLORA_DATASET_") if ref else []
+    return _secret_env(ref.name, DATASET_CREDENTIALS_ENV_PREFIX) if ref else []
 
 
-def _common_env(ctx: RunContext) -> list[dict[str, Any]]:
+def _common_env(ctx: RunContext, work_dir: str) -> list[dict[str, Any]]:
     return [
         {"name": SPEC_ENV, "value": json.dumps(ctx.spec.effective(), sort_keys=True)},
-        {"name": "ICLORA_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "ICLORA_WORKDIR", "value": SCRATCH},
+        {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG},
+        # The process's scratch folder, a path on its own (not inside the settings JSON):
+        # runtimes that remap volumes see it.
+        {"name": WORK_DIR_ENV, "value": work_dir},
         {"name": "TMPDIR", "value": SCRATCH},
         {"name": "HOME", "value": SCRATCH},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *_secret_env(ctx.store_secret),
         # Both Jobs fetch URLs the user named (dataset, validation media): same SSRF policy.
-        *([{"name": "ICLORA_ALLOW_PRIVATE_NETWORKS", "value": "1"}] if ctx.allow_private_dataset_hosts else []),
+        *([{"name": ALLOW_PRIVATE_NETWORKS_ENV, "value": "1"}] if ctx.allow_private_dataset_hosts else []),
     ]
 
 
@@ -274,7 +292,8 @@ def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
 def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
     """CPU Job: fetch, extract, check and fit the dataset; never holds a GPU."""
     res = ctx.profile.preflight_resources
-    env = _common_env(ctx) + _dataset_env(ctx)
+    # The preflight works under <work dir>/preflight.
+    env = _common_env(ctx, SCRATCH) + _dataset_env(ctx)
     args = [
         "dataset", "preflight",
         "--spec", f"env:{SPEC_ENV}",
@@ -318,22 +337,20 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
     res = p.trainer_resources
     nodes = p.nodes
     procs = max(1, p.gpus_per_node)
-    env = _common_env(ctx) + [
-        {"name": SETTINGS_ENV, "value": json.dumps(trainer_settings(ctx), sort_keys=True)},
-        # A path on its own (not inside the settings JSON): runtimes that remap volumes see it.
-        {"name": "ICLORA_WORK_DIR", "value": f"{SCRATCH}/work"},
+    env = _common_env(ctx, f"{SCRATCH}/work") + [
+        {"name": TRAINER_SETTINGS_ENV, "value": json.dumps(trainer_settings(ctx), sort_keys=True)},
         # Geometry of the run; each pod starts one process per GPU and derives its rank from
         # JOB_COMPLETION_INDEX, which the Indexed Job sets in every pod.
-        {"name": "ICLORA_NNODES", "value": str(nodes)},
-        {"name": "ICLORA_GPUS_PER_NODE", "value": str(procs)},
-        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": NNODES_ENV, "value": str(nodes)},
+        {"name": GPUS_PER_NODE_ENV, "value": str(procs)},
+        {"name": MASTER_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
         # Pod 0 of an Indexed Job is reachable as <job>-0.<service> through the headless Service.
-        {"name": "MASTER_ADDR", "value": f"{names.training}-0.{names.service}" if nodes > 1 else "127.0.0.1"},
+        {"name": MASTER_ADDR_ENV, "value": f"{names.training}-0.{names.service}" if nodes > 1 else "127.0.0.1"},
     ]
     args = [
         "train",
         "--spec", f"env:{SPEC_ENV}",
-        "--settings", f"env:{SETTINGS_ENV}",
+        "--settings", f"env:{TRAINER_SETTINGS_ENV}",
         "--dataset", ctx.store.uri(PREPARED_DIR),
         "--output", ctx.store.uri(),
     ]

@@ -87,8 +87,9 @@ def run_operator(settings: Any = None, *, namespaces: list[str] | None = None,
     import kopf
 
     from iclora_operator.adapters.kube import Kube
-    from iclora_operator.handlers import Memo, build_registry
+    from iclora_operator.handlers import build_registry
     from iclora_operator.metrics import Metrics
+    from iclora_operator.runtime import Memo
     from iclora_operator.settings import OperatorSettings
 
     settings = settings or OperatorSettings()

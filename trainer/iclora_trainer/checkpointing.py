@@ -123,13 +123,17 @@ def load_latest(
     local = work_dir / "restore" / key
     for name in store.list(key):
         store.get_file(name, work_dir / "restore" / name)
-    state = json.loads((local / "trainer_state.json").read_text())
-    if state["fingerprint"] != fingerprint:
+    try:
+        state = json.loads((local / "trainer_state.json").read_text())
+        saved_fingerprint, saved_step = str(state["fingerprint"]), int(state["step"])
+        adapter = load_file(str(local / "adapter.safetensors"))
+    except Exception as exc:  # unreadable JSON, missing keys or files, a corrupt safetensors header
+        raise CheckpointError(f"checkpoint {store.url(key)} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if saved_fingerprint != fingerprint:
         raise CheckpointError(
             f"checkpoint {store.url(key)} was written by a different configuration "
-            f"(fingerprint {state['fingerprint']} != {fingerprint}); refusing to resume"
+            f"(fingerprint {saved_fingerprint} != {fingerprint}); refusing to resume"
         )
-    adapter = load_file(str(local / "adapter.safetensors"))
     params = lora_parameters(model)
     if set(adapter) != set(params):
         raise CheckpointError("checkpoint adapter does not match the model's LoRA layout")
@@ -140,4 +144,4 @@ def load_latest(
     rng_file = local / f"rng-rank{engine.rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    return int(state["step"])
+    return saved_step

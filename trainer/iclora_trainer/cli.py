@@ -42,12 +42,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse, train, report; every failure ends with a contract exit code and termination message."""
-    from iclora_api.contract import Result
-    from iclora_trainer.errors import TrainerError
+    from iclora_api.contract import LOG_LEVEL_ENV, Result, Stage
+    from iclora_trainer.errors import TrainerError, failure
     from iclora_trainer.reporting import write_termination_message
 
     logging.basicConfig(
-        level=os.environ.get("ICLORA_LOG_LEVEL", "INFO"),
+        level=os.environ.get(LOG_LEVEL_ENV, "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -57,20 +57,15 @@ def run(args: argparse.Namespace) -> int:
         outcome_result = _train(args)
         write_termination_message(outcome_result, args.termination_log)
         return 0
-    except TrainerError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        result = Result(status="Failed", reason=exc.reason, message=str(exc)[:2000])
-        _report_failure(args, result)
-        return int(exc.exit_code)
     except Exception as exc:
-        log.exception("internal error")
-        from iclora_api.contract import ExitCode
-
-        result = Result(
-            status="Failed", reason="TrainingFailed", message=f"{type(exc).__name__}: {exc}"[:2000]
-        )
+        if isinstance(exc, TrainerError):
+            log.error("%s: %s", type(exc).__name__, exc)
+        else:
+            log.exception("internal error")
+        code, reason, message = failure(exc, Stage.TRAINING)
+        result = Result(status="Failed", reason=reason, message=message[:2000])
         _report_failure(args, result)
-        return int(ExitCode.INTERNAL_ERROR)
+        return int(code)
 
 
 def _report_failure(args: argparse.Namespace, result: Any) -> None:
@@ -88,7 +83,9 @@ def _report_failure(args: argparse.Namespace, result: Any) -> None:
 
 def _maybe_spawn_local_ranks() -> int | None:
     """On a multi-GPU pod started without LOCAL_RANK, run one child per GPU and return the worst code."""
-    gpus = int(os.environ.get("ICLORA_GPUS_PER_NODE", "1"))
+    from iclora_api.contract import GPUS_PER_NODE_ENV
+
+    gpus = int(os.environ.get(GPUS_PER_NODE_ENV, "1"))
     if gpus <= 1 or "LOCAL_RANK" in os.environ:
         return None
     children = [

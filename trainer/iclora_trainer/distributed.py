@@ -13,6 +13,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from iclora_api.contract import (
+    GPUS_PER_NODE_ENV,
+    JOB_COMPLETION_INDEX_ENV,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NNODES_ENV,
+)
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -31,12 +39,12 @@ class DistEnv:
 def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     env = os.environ if env is None else env
     local_rank = int(env.get("LOCAL_RANK", "0"))
-    gpus = int(env.get("ICLORA_GPUS_PER_NODE", "1"))
+    gpus = int(env.get(GPUS_PER_NODE_ENV, "1"))
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    elif "JOB_COMPLETION_INDEX" in env:
-        nodes = int(env.get("ICLORA_NNODES", "1"))
-        rank = int(env["JOB_COMPLETION_INDEX"]) * gpus + local_rank
+    elif JOB_COMPLETION_INDEX_ENV in env:
+        nodes = int(env.get(NNODES_ENV, "1"))
+        rank = int(env[JOB_COMPLETION_INDEX_ENV]) * gpus + local_rank
         world = nodes * gpus
     else:
         rank, world = 0, gpus if "LOCAL_RANK" in env else 1
@@ -45,8 +53,8 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
         rank=rank,
         world_size=world,
         local_rank=local_rank,
-        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=int(env.get("MASTER_PORT", "29500")),
+        master_addr=env.get(MASTER_ADDR_ENV, "127.0.0.1"),
+        master_port=int(env.get(MASTER_PORT_ENV, "29500")),
         gpus_per_node=gpus,
     )
 
@@ -58,7 +66,7 @@ def export_torch_env(d: DistEnv) -> None:
             "RANK": str(d.rank),
             "WORLD_SIZE": str(d.world_size),
             "LOCAL_RANK": str(d.local_rank),
-            "MASTER_ADDR": d.master_addr,
-            "MASTER_PORT": str(d.master_port),
+            MASTER_ADDR_ENV: d.master_addr,
+            MASTER_PORT_ENV: str(d.master_port),
         }
     )

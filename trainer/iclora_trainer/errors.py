@@ -1,45 +1,56 @@
-"""Trainer exceptions; each carries the ExitCode the process ends with (see cli.run_and_exit)."""
+"""Trainer exceptions; each carries the ExitCode the process ends with (see `failure`).
+
+The status reason is never stated here: it follows from the exit code and the stage through
+the contract's one table (iclora_api.contract.reason_for), the same table the operator reads.
+"""
 
 from __future__ import annotations
 
-from iclora_api.contract import ExitCode
+from iclora_api.conditions import Reason
+from iclora_api.contract import ExitCode, Stage, reason_for
 
 
 class TrainerError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL_ERROR
-    reason: str = "TrainingFailed"
+
+    def reason(self, stage: Stage | str) -> Reason:
+        return reason_for(self.exit_code, stage)
+
+
+def failure(exc: BaseException, stage: Stage | str) -> tuple[ExitCode, Reason, str]:
+    """(exit code, status reason, message) a `stage` process ends with after `exc`.
+
+    Anything that is not a TrainerError is an internal error (a bug, a full scratch disk):
+    INTERNAL_ERROR, which reads as the stage's own failure reason.
+    """
+    if isinstance(exc, TrainerError):
+        return exc.exit_code, exc.reason(stage), str(exc)
+    return ExitCode.INTERNAL_ERROR, reason_for(ExitCode.INTERNAL_ERROR, stage), f"{type(exc).__name__}: {exc}"
 
 
 class SpecError(TrainerError):
     exit_code = ExitCode.INVALID_SPEC
-    reason = "InvalidSpec"
 
 
 class DatasetError(TrainerError):
     exit_code = ExitCode.DATASET_INVALID
-    reason = "DatasetInvalid"
 
 
 class ModelConfigError(TrainerError):
     exit_code = ExitCode.MODEL_CONFIG_INVALID
-    reason = "InvalidSpec"
 
 
 class ObjectStoreError(TrainerError):
     exit_code = ExitCode.OBJECT_STORE_UNAVAILABLE
-    reason = "TrainingFailed"
 
 
 class CheckpointError(TrainerError):
     exit_code = ExitCode.CHECKPOINT_FAILED
-    reason = "TrainingFailed"
 
 
 class DatasetDownloadError(TrainerError):
     exit_code = ExitCode.DATASET_DOWNLOAD_FAILED
-    reason = "DatasetDownloadFailed"
 
 
 class NoUsableClipsError(TrainerError):
     exit_code = ExitCode.NO_USABLE_CLIPS
-    reason = "NoUsableClips"

@@ -16,6 +16,8 @@ from iclora_api.contract import (
     CONFIG_NAME,
     DEBUG_ARCHIVE_NAME,
     LORA_NAME,
+    MODEL_PATH_ENV,
+    TEXT_ENCODER_PATH_ENV,
     VIDEO_NAME,
     Artifacts,
     Result,
@@ -105,9 +107,9 @@ def load_and_precompute(
     from iclora_trainer.model.text import load_text_encoder
 
     if not settings.model_path:
-        raise ModelConfigError("no model checkpoint: set --model-path or ICLORA_MODEL_PATH")
+        raise ModelConfigError(f"no model checkpoint: set --model-path or {MODEL_PATH_ENV}")
     if not settings.text_encoder_path:
-        raise ModelConfigError("no text encoder: set --text-encoder-path or ICLORA_TEXT_ENCODER_PATH")
+        raise ModelConfigError(f"no text encoder: set --text-encoder-path or {TEXT_ENCODER_PATH_ENV}")
     manifest, triplets = read_prepared(dataset_dir)
     encoder = load_video_encoder(settings.model_path, device, dtype)
     text_encoder = load_text_encoder(settings.text_encoder_path, settings.model_path, device, dtype)

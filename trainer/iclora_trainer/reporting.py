@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from iclora_api.contract import PROGRESS_KEY, RESULT_KEY, TERMINATION_LOG, Progress, Result
+from iclora_api.contract import PROGRESS_KEY, RESULT_KEY, TERMINATION_LOG, TERMINATION_LOG_ENV, Progress, Result
 from iclora_trainer.storage import Store
 
 log = logging.getLogger(__name__)
-TERMINATION_ENV = "ICLORA_TERMINATION_LOG"
+TERMINATION_ENV = TERMINATION_LOG_ENV
 
 
 def now_iso() -> str:

@@ -1,19 +1,19 @@
 """Output/input locations: a local directory or an s3:// prefix (minio client).
 
-S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the endpoint
-from AWS_ENDPOINT_URL (http:// means no TLS). Writes are atomic: local files are
-renamed into place; S3 objects appear whole on PUT.
+S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the endpoint from
+AWS_ENDPOINT_URL and the region from AWS_REGION (iclora_api.objectstore: http:// means no
+TLS). Writes are atomic: local files are renamed into place; S3 objects appear whole on PUT.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from iclora_api.objectstore import StoreCredentials, make_client
 from iclora_trainer.errors import ObjectStoreError
 
 
@@ -74,20 +74,15 @@ class LocalStore:
 
 class S3Store:
     def __init__(self, uri: str) -> None:
-        from minio import Minio
-
         parsed = urlparse(uri)
         self.uri = uri.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL", "https://s3.amazonaws.com"))
-        self.client = Minio(
-            endpoint.netloc or endpoint.path,
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            secure=endpoint.scheme != "http",
-            region=os.environ.get("AWS_REGION") or None,
-        )
+        creds = StoreCredentials.from_env()
+        try:
+            self.client = make_client(creds)
+        except ValueError as exc:  # an endpoint parse_endpoint refuses
+            raise ObjectStoreError(f"{uri}: {exc}") from exc
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -1,13 +1,14 @@
 """Validation sampler for masked IC-LoRA: guided Euler sampling of the masked region.
 
-Per entry: the source, mask and reference are fitted like training data and
-VAE-encoded; the masked latent cells start as noise and are denoised with an
-Euler sampler over ltx-core's LTX2 sigma schedule, while the KEPT cells are
-re-imposed clean (timestep 0) every step and the reference tokens are appended
-clean, exactly the training sequence. Guidance uses ltx-core's MultiModalGuider:
-CFG against `validationNegativePrompt` and STG (a pass with video self-attention
-skipped in chosen blocks). The decoded result is composited in pixel space, so
-the kept region equals the source pixels exactly.
+Per entry: the source, mask and reference are fitted by the training data's own
+fitting code (`validation_media` -> `dataset.media`) and VAE-encoded; the masked
+latent cells start as noise and are denoised with an Euler sampler over ltx-core's
+LTX2 sigma schedule, while the KEPT cells are re-imposed clean (timestep 0) every
+step and the reference tokens are appended clean, exactly the training sequence.
+Guidance uses ltx-core's MultiModalGuider: CFG against `validationNegativePrompt`
+and STG (a pass with video self-attention skipped in chosen blocks). The decoded
+result is composited in pixel space, so the kept region equals the source pixels
+exactly.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ def _download(s3: Any, uri: str, folder: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
+    from iclora_api.contract import AWS_ACCESS_KEY_ID_ENV, AWS_ENDPOINT_URL_ENV, AWS_SECRET_ACCESS_KEY_ENV
     from iclora_api.crdgen import render_crd, render_profile_crd
     from iclora_dev.localcluster import binaries
     from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
@@ -152,8 +153,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _ensure(core.create_namespaced_secret, NAMESPACE, {
             "metadata": {"name": "demo-dataset"},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in {
-                "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-                "AWS_ENDPOINT_URL": s3.endpoint}.items()},
+                AWS_ACCESS_KEY_ID_ENV: s3.access_key, AWS_SECRET_ACCESS_KEY_ENV: s3.secret_key,
+                AWS_ENDPOINT_URL_ENV: s3.endpoint}.items()},
         })
         settings = OperatorSettings(
             reconcile_interval_seconds=2.0, report_poll_seconds=2.0, allow_private_dataset_hosts=True,

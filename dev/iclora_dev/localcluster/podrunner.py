@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from iclora_api.contract import TERMINATION_LOG, TERMINATION_LOG_ENV
 from iclora_dev.localcluster import nodes, procs
 
 log = logging.getLogger(__name__)
@@ -321,8 +322,8 @@ class PodExecution:
         term_path = self.dir / f"{c.name}.termination-log"
         term_path.touch()
         paths = PathMap()
-        extra = {"ICLORA_POD_DIR": str(self.dir), "ICLORA_TERMINATION_LOG": str(term_path)}
-        paths.add(c.termination_message_path or "/dev/termination-log", str(term_path))
+        extra = {"ICLORA_POD_DIR": str(self.dir), TERMINATION_LOG_ENV: str(term_path)}
+        paths.add(c.termination_message_path or TERMINATION_LOG, str(term_path))
         for mount in c.volume_mounts or []:
             if mount.name not in volumes:
                 continue

@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from iclora_api.contract import AWS_ACCESS_KEY_ID_ENV, AWS_ENDPOINT_URL_ENV, AWS_REGION_ENV, AWS_SECRET_ACCESS_KEY_ENV
+from iclora_api.objectstore import StoreCredentials, make_client, parse_endpoint
 from iclora_dev.localcluster import procs
 from iclora_dev.localcluster.pki import new_token
 from iclora_dev.localcluster.ports import free_ports
@@ -26,24 +28,25 @@ class S3Store:
     @property
     def host(self) -> str:
         """host:port, the form the ``minio`` client takes."""
-        return self.endpoint.split("://", 1)[1]
+        return parse_endpoint(self.endpoint).host
 
     @property
     def bucket(self) -> str:
         return self.buckets[0]
 
-    def client(self):  # -> minio.Minio, imported lazily
-        from minio import Minio
+    def credentials(self) -> StoreCredentials:
+        return StoreCredentials(self.endpoint, self.access_key, self.secret_key, self.region)
 
-        return Minio(self.host, self.access_key, self.secret_key, secure=False, region=self.region)
+    def client(self):  # -> minio.Minio (the factory imports minio lazily)
+        return make_client(self.credentials())
 
     def env(self) -> dict[str, str]:
         """The usual AWS-style variables for processes that talk to this store."""
         return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": self.region,
+            AWS_ACCESS_KEY_ID_ENV: self.access_key,
+            AWS_SECRET_ACCESS_KEY_ENV: self.secret_key,
+            AWS_ENDPOINT_URL_ENV: self.endpoint,
+            AWS_REGION_ENV: self.region,
             "S3_ENDPOINT": self.endpoint,
             "S3_BUCKET": self.bucket,
         }

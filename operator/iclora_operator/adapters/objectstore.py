@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import urllib3
 from minio import Minio
 from minio.error import S3Error
 
 from iclora_api.contract import split_s3_uri
+from iclora_api.objectstore import FAIL_FAST, StoreCredentials, make_client
 
 log = logging.getLogger(__name__)
 
@@ -21,30 +19,13 @@ class ObjectStoreUnavailable(RuntimeError):
     """The store could not be reached or refused us; retried, never terminal by itself."""
 
 
-@dataclass(frozen=True)
-class Credentials:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    region: str = "us-east-1"
+# The contract's credentials (endpoint, keys, region), under the operator's old name.
+Credentials = StoreCredentials
 
 
 def client_for(creds: Credentials) -> Minio:
-    parts = urlsplit(creds.endpoint)
     # Fail fast: a handler thread must not sit in long retry loops; the ticker retries the reconcile.
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=3.0, read=15.0),
-        maxsize=32,
-        retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
-    )
-    return Minio(
-        parts.netloc,
-        access_key=creds.access_key,
-        secret_key=creds.secret_key,
-        secure=parts.scheme == "https",
-        region=creds.region,
-        http_client=http,
-    )
+    return make_client(creds, FAIL_FAST)
 
 
 class ObjectStore:

@@ -1,11 +1,11 @@
 """The one place that decides a training's status and the operator's next actions.
 
-`decide(observed, now)` is pure: it returns the complete desired status and the
-actions to carry out. Decisions come from observed children and the object
-store; the only things read back from our own earlier status are the facts
-that must never change once written (billing, a terminal outcome, the time the
-training Job was first created, condition transition times, progress that
-never goes backwards).
+`decide(observed, now)` is pure: it returns the complete desired status (the typed
+`MaskedICLoraTrainingStatus`; `iclora_operator.act` writes it as JSON) and the actions
+to carry out. Decisions come from observed children and the object store; the only
+things read back from our own earlier status are the facts that must never change once
+written (billing, a terminal outcome, the time the training Job was first created,
+condition transition times, progress that never goes backwards).
 """
 
 from __future__ import annotations
@@ -16,6 +16,15 @@ from enum import StrEnum
 from typing import Any
 
 from iclora_api.conditions import ConditionType, Phase, Reason
+from iclora_api.contract import ArtifactUris
+from iclora_api.v1alpha1 import (
+    Condition,
+    DatasetSummary,
+    EffectiveValues,
+    Failure,
+    MaskedICLoraTrainingStatus,
+    Progress,
+)
 from iclora_operator.billing import billing_units
 from iclora_operator.reconcile.failures import classify_failure
 from iclora_operator.reconcile.observed import Observed
@@ -39,7 +48,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Plan:
-    status: dict[str, Any]
+    status: MaskedICLoraTrainingStatus
     actions: tuple[Action, ...] = ()
     events: tuple[Event, ...] = ()
     # Whether the training Job should be created suspended (Kueue admits it).
@@ -61,7 +70,9 @@ class _Draft:
     reconciling_reason: Reason | None = None
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    start_time: str | None = None
+    completion_time: str | None = None
+    artifacts: ArtifactUris | None = None
 
     def set(self, phase: Phase, reason: Reason, message: str) -> None:
         self.phase, self.reason, self.message = phase, reason, message
@@ -72,22 +83,16 @@ def _iso(now: datetime) -> str:
 
 
 def _condition(prev: dict[str, dict[str, Any]], ctype: ConditionType, status: bool, reason: Reason,
-               message: str, now: datetime, generation: int) -> dict[str, Any]:
+               message: str, now: datetime, generation: int) -> Condition:
     value = "True" if status else "False"
     old = prev.get(ctype.value)
     # lastTransitionTime moves only when the status flips (metav1.Condition semantics).
     changed_at = old["lastTransitionTime"] if old and old.get("status") == value else _iso(now)
-    return {
-        "type": ctype.value,
-        "status": value,
-        "reason": reason.value,
-        "message": message[:1024],
-        "lastTransitionTime": changed_at,
-        "observedGeneration": generation,
-    }
+    return Condition(type=ctype.value, status=value, reason=reason.value, message=message[:1024],
+                     last_transition_time=changed_at, observed_generation=generation)
 
 
-def _conditions(draft: _Draft, prev_status: dict[str, Any], now: datetime, gen: int) -> list[dict[str, Any]]:
+def _conditions(draft: _Draft, prev_status: dict[str, Any], now: datetime, gen: int) -> list[Condition]:
     prev = {c.get("type"): c for c in prev_status.get("conditions") or []}
     phase = draft.phase
     succeeded = phase == Phase.SUCCEEDED
@@ -114,23 +119,24 @@ def _conditions(draft: _Draft, prev_status: dict[str, Any], now: datetime, gen: 
     return out
 
 
-def _effective(obs: Observed) -> dict[str, Any] | None:
+def _effective(obs: Observed) -> EffectiveValues | None:
     spec = obs.spec
     if spec is None:
         return None
     width, height = spec.size
     vwidth, vheight = spec.validation_size
-    return {
-        "numberOfFrames": spec.effective_number_of_frames,
-        "validationNumberOfFrames": spec.effective_validation_number_of_frames,
-        "width": width,
-        "height": height,
-        "validationWidth": vwidth,
-        "validationHeight": vheight,
-    }
+    return EffectiveValues(
+        number_of_frames=spec.effective_number_of_frames,
+        validation_number_of_frames=spec.effective_validation_number_of_frames,
+        width=width,
+        height=height,
+        validation_width=vwidth,
+        validation_height=vheight,
+    )
 
 
-def _progress(obs: Observed, prev_status: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+def _progress(obs: Observed, prev_status: dict[str, Any]) -> Progress:
+    """status.progress from the last report (contract.Progress) and what the status showed before."""
     total = obs.spec.number_of_steps if obs.spec else 0
     prev = prev_status.get("progress") or {}
     step = int(prev.get("step") or 0)
@@ -142,14 +148,8 @@ def _progress(obs: Observed, prev_status: dict[str, Any], now: datetime) -> dict
         loss = f"{p.loss:.4f}" if p.loss is not None else loss
         eta = p.eta_seconds
         updated = p.heartbeat
-    out = {"step": step, "totalSteps": total}
-    if loss is not None:
-        out["loss"] = loss
-    if eta is not None:
-        out["etaSeconds"] = int(eta)
-    if updated:
-        out["updatedAt"] = updated
-    return out
+    return Progress(step=step, total_steps=total, loss=loss, eta_seconds=None if eta is None else int(eta),
+                    updated_at=updated or None)
 
 
 def _fail(draft: _Draft, reason: Reason, message: str) -> None:
@@ -226,7 +226,7 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
             draft.admitted = (False, Reason.WAITING_FOR_QUOTA, draft.message)
             return
         draft.actions.append(Action.CREATE_TRAINING)
-        draft.extra["startTime"] = _iso(now)
+        draft.start_time = _iso(now)
         if obs.kueue_managed:
             draft.set(Phase.QUEUED, Reason.QUEUED, WAITING_FOR_KUEUE)
             draft.admitted = (False, Reason.WAITING_FOR_QUOTA, draft.message)
@@ -245,9 +245,8 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
             _fail(draft, Reason.ARTIFACTS_MISSING, "result.json names artifacts that are not in the store")
         elif obs.artifacts_verified:
             draft.set(Phase.SUCCEEDED, Reason.SUCCEEDED, "LoRA trained")
-            arts = result.artifacts.model_dump(by_alias=True, exclude_none=True)
-            draft.extra["artifacts"] = arts
-            draft.extra["completionTime"] = _iso(now)
+            draft.artifacts = result.artifacts
+            draft.completion_time = _iso(now)
         else:
             draft.set(Phase.TRAINING, Reason.TRAINING, "verifying artifacts")
         draft.admitted = (True, Reason.ADMITTED, "training Job ran")
@@ -301,10 +300,9 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
     prev = obs.status
     gen = obs.generation
     if prev.get("phase") in TERMINAL_PHASES:
-        # A finished training stays finished: only the generation we have seen moves.
-        status = dict(prev)
-        status["observedGeneration"] = gen
-        return Plan(status=status)
+        # A finished training stays finished: only the generation we have seen moves. (The
+        # stored status passed the CRD's schema, which is generated from this model.)
+        return Plan(status=MaskedICLoraTrainingStatus.model_validate({**prev, "observedGeneration": gen}))
 
     draft = _Draft(phase=Phase.PENDING, reason=Reason.VALIDATING, message="validating the spec")
     if obs.spec is None:
@@ -322,41 +320,39 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
             if draft.phase == Phase.TRAINING and _stale(obs, now, stale_after):
                 draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
 
-    status: dict[str, Any] = {
-        "phase": draft.phase.value,
-        "observedGeneration": gen,
-        "conditions": _conditions(draft, prev, now, gen),
-    }
-    effective = _effective(obs)
-    if effective:
-        status["effective"] = effective
-    if obs.spec is not None:
-        status["progress"] = _progress(obs, prev, now)
     report = obs.preflight_report
-    if report is not None:
-        status["dataset"] = {"usable": report.usable, "skipped": report.skipped[:100]}
-    for key in ("startTime",):
-        if prev.get(key):
-            status[key] = prev[key]
-    status.update({k: v for k, v in draft.extra.items() if k not in status})
-
+    progress = _progress(obs, prev) if obs.spec is not None else None
+    completion_time = draft.completion_time
+    failure = None
     billed = None
     if draft.phase == Phase.FAILED:
-        status["failure"] = {"reason": draft.reason.value, "message": draft.message[:1024]}
-        status["billingUnits"] = 0
-        status["completionTime"] = status.get("completionTime") or _iso(now)
+        failure = Failure(reason=draft.reason.value, message=draft.message[:1024])
+        units = 0
+        completion_time = completion_time or _iso(now)
     elif draft.phase == Phase.SUCCEEDED:
-        assert obs.spec is not None
+        assert obs.spec is not None and progress is not None
         if prev.get("billingUnits"):
-            status["billingUnits"] = prev["billingUnits"]
+            units = prev["billingUnits"]
         else:
-            billed = billing_units(obs.spec.number_of_steps, succeeded=True)
-            status["billingUnits"] = billed
+            billed = units = billing_units(obs.spec.number_of_steps, succeeded=True)
             draft.events.append(Event("Normal", "Billed", f"{billed} billing units"))
-        status["progress"]["step"] = max(status["progress"]["step"], obs.spec.number_of_steps)
+        progress = progress.model_copy(update={"step": max(progress.step, obs.spec.number_of_steps)})
         draft.events.append(Event("Normal", "Succeeded", "LoRA trained; artifacts verified in the store"))
     else:
-        status["billingUnits"] = 0
+        units = 0
+    status = MaskedICLoraTrainingStatus(
+        phase=draft.phase,
+        observed_generation=gen,
+        conditions=_conditions(draft, prev, now, gen),
+        progress=progress,
+        billing_units=units,
+        artifacts=draft.artifacts,
+        failure=failure,
+        effective=_effective(obs),
+        dataset=None if report is None else DatasetSummary(usable=report.usable, skipped=report.skipped[:100]),
+        start_time=prev.get("startTime") or draft.start_time,
+        completion_time=completion_time,
+    )
     return Plan(
         status=status,
         actions=tuple(draft.actions),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from iclora_api.conditions import Reason
-from iclora_api.contract import EXIT_CODE_REASONS, ExitCode
+from iclora_api.contract import ExitCode, Stage, reason_for
 from iclora_operator.reconcile.observed import JobState
 
 MAX_MESSAGE = 1024
@@ -25,27 +25,31 @@ def _parse_termination(message: str | None) -> tuple[str | None, str | None]:
     return None, text[-MAX_MESSAGE:]
 
 
-def classify_failure(job: JobState, stage: str, report_reason: str | None = None,
+def classify_failure(job: JobState, stage: Stage | str, report_reason: str | None = None,
                      report_message: str | None = None) -> tuple[Reason, str]:
     """(reason, message) for a failed preflight or training Job.
 
-    Order of trust: the trainer's own report, its exit code, then the Job's condition.
+    Order of trust: the exit code when it is one of the contract's (the kubelet's fact; a report,
+    possibly left by an earlier attempt, cannot contradict it), the Job's DeadlineExceeded, the
+    trainer's reported reason when it is one the contract gives for this stage (the exit code may
+    be unknown, e.g. the pod is gone), then the stage's own failure reason. Likewise the message
+    of a contract exit code is that container's termination message when it wrote one.
     """
+    stage = Stage(stage)
     term_reason, term_message = _parse_termination(job.termination_message)
     message = report_message or term_message or job.failure_message or "the Job failed"
-    for candidate in (report_reason, term_reason):
-        if candidate and candidate in Reason.__members__.values():
-            return Reason(candidate), message[:MAX_MESSAGE]
     if job.exit_code is not None:
         try:
-            code = ExitCode(job.exit_code)
-        except ValueError:
-            code = None
-        if code is not None and code in EXIT_CODE_REASONS:
-            return Reason(EXIT_CODE_REASONS[code]), message[:MAX_MESSAGE]
+            reason = reason_for(job.exit_code, stage)
+        except ValueError:  # 0, a signal, an OOM kill: the code says nothing about why
+            pass
+        else:  # the termination message comes from the same container as the code
+            return reason, (term_message or message)[:MAX_MESSAGE]
     if job.failure_reason == "DeadlineExceeded":
         message = job.failure_message or "the Job ran past its deadline"
         return Reason.DEADLINE_EXCEEDED, message[:MAX_MESSAGE]
-    if stage == "preflight":
-        return Reason.PREFLIGHT_FAILED, message[:MAX_MESSAGE]
-    return Reason.TRAINING_FAILED, message[:MAX_MESSAGE]
+    contract_reasons = {reason_for(code, stage) for code in ExitCode if code is not ExitCode.OK}
+    for candidate in (report_reason, term_reason):
+        if candidate in contract_reasons:
+            return Reason(candidate), message[:MAX_MESSAGE]
+    return reason_for(ExitCode.INTERNAL_ERROR, stage), message[:MAX_MESSAGE]

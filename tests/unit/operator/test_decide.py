@@ -10,7 +10,8 @@ import pytest
 from iclora_api.contract import Artifacts, PreflightResult, Progress, Result
 from iclora_api.profile import TrainingProfileSpec
 from iclora_api.validation import FieldError, validate_spec
-from iclora_operator.reconcile.decide import Action, decide
+from iclora_operator.act import status_document
+from iclora_operator.reconcile.decide import Action, Plan, decide
 from iclora_operator.reconcile.observed import JobState, Observed
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
@@ -19,6 +20,11 @@ BASE = Observed(name="t", namespace="ns", uid="u", generation=1, spec=SPEC, prof
 PASSED = PreflightResult(ok=True, usable=3, skipped=[{"name": "s4", "reason": "too short"}])
 ARTS = Artifacts(loraFile="s3://b/r/artifacts/lora.safetensors", configFile="s3://b/r/artifacts/config.json")
 OK_RESULT = Result(status="Succeeded", steps=500, artifacts=ARTS)
+
+
+def written(plan: Plan) -> dict:
+    """The plan's status as the operator writes it (the typed status, dumped at the edge)."""
+    return status_document(plan.status)
 
 
 def conds(status):
@@ -32,7 +38,7 @@ def job(name="t-train", **kw):
 def test_first_sight_writes_ready_false_and_reconciling_true():
     plan = decide(BASE, NOW)
     assert plan.actions == (Action.CREATE_PREFLIGHT,)
-    s = plan.status
+    s = written(plan)
     assert s["phase"] == "Preflight"
     assert s["observedGeneration"] == 1
     c = conds(s)
@@ -50,7 +56,7 @@ def test_invalid_spec_fails_without_actions_or_billing():
     obs = replace(BASE, spec=None, spec_errors=(FieldError("spec.rank", "Input should be 8, 16"),))
     plan = decide(obs, NOW)
     assert plan.actions == ()
-    s = plan.status
+    s = written(plan)
     assert s["phase"] == "Failed"
     assert s["failure"]["reason"] == "InvalidSpec"
     assert "spec.rank" in s["failure"]["message"]
@@ -64,7 +70,7 @@ def test_invalid_spec_fails_without_actions_or_billing():
 
 def test_missing_profile_is_a_clear_failure():
     plan = decide(replace(BASE, profile=None, profile_name="h100"), NOW)
-    assert plan.status["failure"] == {"reason": "ProfileNotFound",
+    assert written(plan)["failure"] == {"reason": "ProfileNotFound",
                                       "message": "TrainingProfile 'h100' does not exist"}
 
 
@@ -84,15 +90,15 @@ def test_preflight_failures_never_create_a_gpu_job(report, job_kw, reason):
     obs = replace(BASE, preflight_job=job("t-preflight", **job_kw), preflight_report=report)
     plan = decide(obs, NOW)
     assert Action.CREATE_TRAINING not in plan.actions
-    assert plan.status["phase"] == "Failed"
-    assert plan.status["failure"]["reason"] == reason
-    assert plan.status["billingUnits"] == 0
+    assert written(plan)["phase"] == "Failed"
+    assert written(plan)["failure"]["reason"] == reason
+    assert written(plan)["billingUnits"] == 0
 
 
 def test_preflight_running():
     plan = decide(replace(BASE, preflight_job=job("t-preflight", active=1)), NOW)
     assert plan.actions == ()
-    assert plan.status["phase"] == "Preflight"
+    assert written(plan)["phase"] == "Preflight"
 
 
 def test_preflight_passed_creates_training_job():
@@ -100,7 +106,7 @@ def test_preflight_passed_creates_training_job():
     plan = decide(obs, NOW)
     assert plan.actions == (Action.CREATE_TRAINING,)
     assert plan.create_suspended is False
-    s = plan.status
+    s = written(plan)
     assert s["phase"] == "Training"
     assert s["startTime"] == "2026-11-24T12:00:00Z"
     assert s["dataset"] == {"usable": 3, "skipped": [{"name": "s4", "reason": "too short"}]}
@@ -111,23 +117,23 @@ def test_preflight_passed_creates_training_job():
 def test_creating_a_job_and_then_seeing_it_decide_the_same_status(kueue):
     # One status write per stage: the reconcile that sees the Job it created writes nothing.
     created = decide(BASE, NOW)
-    seen = decide(replace(BASE, preflight_job=job("t-preflight"), status=created.status), NOW)
-    assert seen.actions == () and seen.status == created.status
+    seen = decide(replace(BASE, preflight_job=job("t-preflight"), status=written(created)), NOW)
+    assert seen.actions == () and written(seen) == written(created)
     passed = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
                      kueue_managed=kueue)
     created = decide(passed, NOW)
     assert created.actions == (Action.CREATE_TRAINING,)
-    seen = decide(replace(passed, training_job=job(suspended=kueue), status=created.status), NOW)
-    assert seen.actions == () and seen.status == created.status
+    seen = decide(replace(passed, training_job=job(suspended=kueue), status=written(created)), NOW)
+    assert seen.actions == () and written(seen) == written(created)
 
 
 def test_concurrency_limit_queues():
     obs = replace(BASE, preflight_report=PASSED, slot_available=False)
     plan = decide(obs, NOW)
     assert plan.actions == ()
-    assert plan.status["phase"] == "Queued"
-    assert conds(plan.status)["Admitted"] == ("False", "WaitingForQuota")
-    assert conds(plan.status)["Reconciling"] == ("True", "Queued")
+    assert written(plan)["phase"] == "Queued"
+    assert conds(written(plan))["Admitted"] == ("False", "WaitingForQuota")
+    assert conds(written(plan))["Reconciling"] == ("True", "Queued")
 
 
 def test_kueue_creates_suspended_and_waits():
@@ -135,31 +141,31 @@ def test_kueue_creates_suspended_and_waits():
     plan = decide(obs, NOW)
     assert plan.actions == (Action.CREATE_TRAINING,)
     assert plan.create_suspended is True
-    assert plan.status["phase"] == "Queued"
+    assert written(plan)["phase"] == "Queued"
     waiting = replace(obs, training_job=job(suspended=True), status={"startTime": "x"})
     plan = decide(waiting, NOW)
     assert plan.actions == ()
-    assert plan.status["phase"] == "Queued"
+    assert written(plan)["phase"] == "Queued"
     admitted = replace(waiting, training_job=job(active=1))
-    assert decide(admitted, NOW).status["phase"] == "Training"
+    assert written(decide(admitted, NOW))["phase"] == "Training"
 
 
 def test_progress_is_reported_and_never_goes_backwards():
     beat = NOW.isoformat()
     obs = replace(BASE, preflight_report=PASSED, training_job=job(active=1), status={"startTime": "x"},
                   progress=Progress(step=120, totalSteps=500, loss=0.25, etaSeconds=40, heartbeat=beat))
-    s = decide(obs, NOW).status
+    s = written(decide(obs, NOW))
     assert s["progress"] == {"step": 120, "totalSteps": 500, "loss": "0.2500", "etaSeconds": 40,
                              "updatedAt": beat}
     older = replace(obs, status=s, progress=Progress(step=100, totalSteps=500, loss=0.3, heartbeat=beat))
-    assert decide(older, NOW).status["progress"]["step"] == 120
+    assert written(decide(older, NOW))["progress"]["step"] == 120
 
 
 def test_stale_heartbeat_is_reported_not_terminal():
     beat = (NOW - timedelta(hours=1)).isoformat()
     obs = replace(BASE, preflight_report=PASSED, training_job=job(active=1), status={"startTime": "x"},
                   progress=Progress(step=1, totalSteps=500, heartbeat=beat))
-    s = decide(obs, NOW, stale_after=600).status
+    s = written(decide(obs, NOW, stale_after=600))
     assert s["phase"] == "Training"
     assert conds(s)["Reconciling"] == ("True", "NoRecentProgress")
 
@@ -168,7 +174,7 @@ def test_success_bills_once_after_artifacts_verified():
     obs = replace(BASE, preflight_report=PASSED, training_job=job(complete=True), result=OK_RESULT,
                   artifacts_verified=True, status={"startTime": "x"})
     plan = decide(obs, NOW)
-    s = plan.status
+    s = written(plan)
     assert s["phase"] == "Succeeded"
     assert s["billingUnits"] == 500
     assert plan.billed == 500
@@ -180,7 +186,7 @@ def test_success_bills_once_after_artifacts_verified():
     # Re-deciding (restart, duplicate event) keeps the status and bills nothing new.
     again = decide(replace(obs, status=s), NOW + timedelta(minutes=5))
     assert again.billed is None
-    assert again.status == s
+    assert written(again) == s
     assert again.events == ()
 
 
@@ -188,21 +194,21 @@ def test_minimum_billing_is_100_units():
     spec = validate_spec({"trainingDataUrl": "https://e/d.zip", "numberOfSteps": 100})
     obs = replace(BASE, spec=spec, preflight_report=PASSED, training_job=job(complete=True),
                   result=OK_RESULT, artifacts_verified=True)
-    assert decide(obs, NOW).status["billingUnits"] == 100
+    assert written(decide(obs, NOW))["billingUnits"] == 100
 
 
 def test_unverified_artifacts_wait_and_missing_ones_fail():
     obs = replace(BASE, preflight_report=PASSED, training_job=job(complete=True), result=OK_RESULT,
                   status={"startTime": "x"})
-    assert decide(obs, NOW).status["phase"] == "Training"
-    missing = decide(replace(obs, artifacts_verified=False), NOW).status
+    assert written(decide(obs, NOW))["phase"] == "Training"
+    missing = written(decide(replace(obs, artifacts_verified=False), NOW))
     assert missing["failure"]["reason"] == "ArtifactsMissing"
     assert missing["billingUnits"] == 0
 
 
 def test_training_failure_reason_from_result_then_exit_code():
     base = replace(BASE, preflight_report=PASSED, status={"startTime": "x"})
-    failed = decide(replace(base, training_job=job(failed=True, exit_code=22)), NOW).status
+    failed = written(decide(replace(base, training_job=job(failed=True, exit_code=22)), NOW))
     assert failed["failure"]["reason"] == "TrainingFailed"
     assert failed["billingUnits"] == 0
 
@@ -211,12 +217,12 @@ def test_deleted_training_job_is_reported_not_recreated():
     obs = replace(BASE, preflight_report=PASSED, training_job=None, status={"startTime": "x"})
     plan = decide(obs, NOW)
     assert plan.actions == ()
-    assert plan.status["failure"]["reason"] == "JobDeleted"
+    assert written(plan)["failure"]["reason"] == "JobDeleted"
 
 
 def test_name_conflict():
     obs = replace(BASE, preflight_job=JobState(name="t-preflight", owned=False))
-    assert decide(obs, NOW).status["failure"]["reason"] == "NameConflict"
+    assert written(decide(obs, NOW))["failure"]["reason"] == "NameConflict"
 
 
 def test_suspend_and_resume():
@@ -225,15 +231,15 @@ def test_suspend_and_resume():
                       status={"startTime": "x"})
     plan = decide(running, NOW)
     assert plan.actions == (Action.SUSPEND_TRAINING,)
-    assert plan.status["phase"] == "Suspended"
-    assert conds(plan.status)["Suspended"] == ("True", "Suspended")
-    suspended = replace(running, training_job=job(suspended=True, suspended_by_user=True), status=plan.status)
+    assert written(plan)["phase"] == "Suspended"
+    assert conds(written(plan))["Suspended"] == ("True", "Suspended")
+    suspended = replace(running, training_job=job(suspended=True, suspended_by_user=True), status=written(plan))
     assert decide(suspended, NOW).actions == ()
     resumed = replace(suspended, spec=SPEC)
     plan = decide(resumed, NOW)
     assert plan.actions == (Action.RESUME_TRAINING,)
-    assert plan.status["phase"] == "Training"
-    assert conds(plan.status)["Suspended"][0] == "False"
+    assert written(plan)["phase"] == "Training"
+    assert conds(written(plan))["Suspended"][0] == "False"
 
 
 def test_terminal_status_is_sticky():
@@ -241,13 +247,13 @@ def test_terminal_status_is_sticky():
               "observedGeneration": 1, "conditions": []}
     plan = decide(replace(BASE, generation=2, status=status), NOW)
     assert plan.actions == ()
-    assert plan.status == {**status, "observedGeneration": 2}
+    assert written(plan) == {**status, "observedGeneration": 2}
 
 
 def test_transition_time_moves_only_on_flip():
-    first = decide(BASE, NOW).status
-    later = decide(replace(BASE, preflight_job=job("t-preflight", active=1), status=first),
-                   NOW + timedelta(seconds=30)).status
+    first = written(decide(BASE, NOW))
+    later = written(decide(replace(BASE, preflight_job=job("t-preflight", active=1), status=first),
+                           NOW + timedelta(seconds=30)))
     t0 = {c["type"]: c["lastTransitionTime"] for c in first["conditions"]}
     t1 = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
     assert t0["Ready"] == t1["Ready"]
@@ -258,7 +264,7 @@ def test_missing_secret_blocks_without_failing():
     plan = decide(replace(BASE, blocked="Secret ns/creds named by spec.output.credentialsSecretRef does not exist"),
                   NOW)
     assert plan.actions == ()
-    s = plan.status
+    s = written(plan)
     assert s["phase"] == "Pending"
     assert conds(s)["Reconciling"] == ("True", "SecretNotFound")
     assert "ns/creds" in next(c["message"] for c in s["conditions"] if c["type"] == "Reconciling")
@@ -271,14 +277,65 @@ def test_resume_under_kueue_waits_for_readmission():
     running = replace(BASE, spec=spec, preflight_report=PASSED, training_job=job(active=1),
                       status={"startTime": "x"}, kueue_managed=True)
     plan = decide(running, NOW)
-    assert plan.actions == (Action.SUSPEND_TRAINING,) and plan.status["phase"] == "Suspended"
-    suspended = replace(running, training_job=job(suspended=True, suspended_by_user=True), status=plan.status)
-    assert decide(suspended, NOW).status["phase"] == "Suspended"
+    assert plan.actions == (Action.SUSPEND_TRAINING,) and written(plan)["phase"] == "Suspended"
+    suspended = replace(running, training_job=job(suspended=True, suspended_by_user=True), status=written(plan))
+    assert written(decide(suspended, NOW))["phase"] == "Suspended"
     plan = decide(replace(suspended, spec=SPEC), NOW)
     assert plan.actions == (Action.RESUME_TRAINING,)
-    assert plan.status["phase"] == "Queued"
-    assert conds(plan.status)["Admitted"] == ("False", "WaitingForQuota")
+    assert written(plan)["phase"] == "Queued"
+    assert conds(written(plan))["Admitted"] == ("False", "WaitingForQuota")
     # Reactivated but not yet admitted (the mark is gone): still Queued, nothing more to do.
-    waiting = replace(suspended, spec=SPEC, training_job=job(suspended=True), status=plan.status)
+    waiting = replace(suspended, spec=SPEC, training_job=job(suspended=True), status=written(plan))
     plan = decide(waiting, NOW)
-    assert plan.actions == () and plan.status["phase"] == "Queued"
+    assert plan.actions == () and written(plan)["phase"] == "Queued"
+
+
+def test_status_fields_that_show_reports_are_the_report_models_or_derived_from_them():
+    from iclora_api import contract, v1alpha1
+
+    status = v1alpha1.MaskedICLoraTrainingStatus.model_fields
+    # The same shape: one model. result.json's Artifacts is ArtifactUris with loraFile and configFile required.
+    assert status["artifacts"].annotation == contract.ArtifactUris | None
+    assert issubclass(contract.Artifacts, contract.ArtifactUris)
+    assert v1alpha1.DatasetSummary.model_fields["skipped"].annotation == list[contract.SkippedTriplet]
+    assert contract.PreflightResult.model_fields["skipped"].annotation == list[contract.SkippedTriplet]
+    # A different shape, derived (decide): the report without its heartbeat, which is shown as updatedAt.
+    shown = set(contract.Progress.model_fields) - {"heartbeat"} | {"updated_at"}
+    assert set(v1alpha1.Progress.model_fields) == shown
+    assert status["progress"].annotation == v1alpha1.Progress | None
+
+
+def test_the_written_status_is_exactly_the_document_of_before_the_typed_status():
+    # The status written while the plan's status was a dict (a successful run, whole): the typed
+    # status dumps to the same JSON, no field added (no defaults that were absent) or dropped.
+    beat = NOW.isoformat()
+    arts = Artifacts(loraFile="s3://b/r/lora", configFile="s3://b/r/cfg", video="s3://b/r/v.mp4")
+    obs = replace(BASE, preflight_report=PASSED, training_job=job(complete=True), artifacts_verified=True,
+                  result=Result(status="Succeeded", steps=500, artifacts=arts),
+                  status={"startTime": "2026-11-24T11:00:00Z"},
+                  progress=Progress(step=120, totalSteps=500, loss=0.25, etaSeconds=40, heartbeat=beat))
+
+    def cond(ctype, status, reason, message):
+        return {"type": ctype, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": "2026-11-24T12:00:00Z", "observedGeneration": 1}
+
+    assert written(decide(obs, NOW)) == {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "conditions": [
+            cond("Ready", "True", "Succeeded", "LoRA trained"),
+            cond("Reconciling", "False", "Succeeded", "LoRA trained"),
+            cond("Stalled", "False", "Succeeded", ""),
+            cond("Validated", "True", "Valid", "the spec passed every rule"),
+            cond("PreflightSucceeded", "True", "Passed", "3 usable triplets"),
+            cond("Admitted", "True", "Admitted", "training Job ran"),
+        ],
+        "progress": {"step": 500, "totalSteps": 500, "loss": "0.2500", "etaSeconds": 40, "updatedAt": beat},
+        "billingUnits": 500,
+        "artifacts": {"loraFile": "s3://b/r/lora", "configFile": "s3://b/r/cfg", "video": "s3://b/r/v.mp4"},
+        "effective": {"numberOfFrames": 89, "validationNumberOfFrames": 89, "width": 768, "height": 768,
+                      "validationWidth": 960, "validationHeight": 960},
+        "dataset": {"usable": 3, "skipped": [{"name": "s4", "reason": "too short"}]},
+        "startTime": "2026-11-24T11:00:00Z",
+        "completionTime": "2026-11-24T12:00:00Z",
+    }

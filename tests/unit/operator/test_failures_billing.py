@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from iclora_api.contract import EXIT_CODE_REASONS, STAGE_FAILURE_REASONS, ExitCode, Stage, reason_for
 from iclora_operator.billing import billing_units
 from iclora_operator.reconcile.failures import classify_failure
 from iclora_operator.reconcile.observed import JobState
@@ -20,7 +21,12 @@ from iclora_operator.reconcile.observed import JobState
         ({"exit_code": 13}, "preflight", "NoUsableClips"),
         ({"exit_code": 14}, "training", "ProfileInvalid"),
         ({"exit_code": 20}, "training", "TrainingFailed"),
+        ({"exit_code": 21}, "training", "TrainingFailed"),
         ({"exit_code": 22}, "training", "TrainingFailed"),
+        # Infrastructure and internal codes read as the failure of the stage they happened in.
+        ({"exit_code": 20}, "preflight", "PreflightFailed"),
+        ({"exit_code": 22}, "preflight", "PreflightFailed"),
+        ({"exit_code": 14}, "preflight", "ProfileInvalid"),
         ({"exit_code": 137}, "training", "TrainingFailed"),
         ({"exit_code": 1}, "preflight", "PreflightFailed"),
         ({"failure_reason": "DeadlineExceeded", "failure_message": "too long"}, "training", "DeadlineExceeded"),
@@ -28,6 +34,14 @@ from iclora_operator.reconcile.observed import JobState
         ({"failure_reason": "PodFailurePolicy", "exit_code": 13}, "preflight", "NoUsableClips"),
         ({"termination_message": json.dumps({"reason": "NoUsableClips", "message": "x"})}, "preflight",
          "NoUsableClips"),
+        # A termination message never contradicts its own container's exit code.
+        ({"exit_code": 14, "termination_message": json.dumps({"reason": "InvalidSpec", "message": "x"})},
+         "training", "ProfileInvalid"),
+        # A reason the contract never gives in this stage is not believed.
+        ({"termination_message": json.dumps({"reason": "TrainingFailed", "message": "x"})}, "preflight",
+         "PreflightFailed"),
+        ({"termination_message": json.dumps({"reason": "Succeeded", "message": "x"})}, "training",
+         "TrainingFailed"),
     ],
 )
 def test_classify(kw, stage, reason):
@@ -36,10 +50,47 @@ def test_classify(kw, stage, reason):
     assert message
 
 
-def test_report_reason_wins_and_message_is_kept():
+def test_exit_code_wins_over_a_contradicting_report():
+    # A broken model file in the admin's profile is the admin's to fix, whatever a report says.
+    job = JobState(name="j", owned=True, failed=True, exit_code=14)
+    assert classify_failure(job, "training", "InvalidSpec", "model.safetensors: not a checkpoint") == (
+        "ProfileInvalid", "model.safetensors: not a checkpoint")
     job = JobState(name="j", owned=True, failed=True, exit_code=22)
     assert classify_failure(job, "training", "DatasetInvalid", "sample03_mask.png: not an image") == (
+        "TrainingFailed", "sample03_mask.png: not an image")
+
+
+def test_exit_codes_message_is_its_own_containers():
+    term = json.dumps({"reason": "TrainingFailed", "message": "upload s3://b/x: connection refused"})
+    job = JobState(name="j", owned=True, failed=True, exit_code=20, termination_message=term)
+    assert classify_failure(job, "training", "TrainingFailed", "checkpoint at step 3 failed") == (
+        "TrainingFailed", "upload s3://b/x: connection refused")
+
+
+def test_report_reason_decides_only_without_a_contract_exit_code():
+    job = JobState(name="j", owned=True, failed=True)
+    assert classify_failure(job, "preflight", "DatasetInvalid", "sample03_mask.png: not an image") == (
         "DatasetInvalid", "sample03_mask.png: not an image")
+    job = JobState(name="j", owned=True, failed=True, exit_code=137)
+    assert classify_failure(job, "training", "ProfileInvalid", "m")[0] == "ProfileInvalid"
+    # The deadline is a fact too: a report left by an earlier attempt does not hide it.
+    job = JobState(name="j", owned=True, failed=True, exit_code=137, failure_reason="DeadlineExceeded")
+    assert classify_failure(job, "training", "TrainingFailed", "m")[0] == "DeadlineExceeded"
+
+
+def test_one_reason_table_for_every_exit_code():
+    user = {code for code in ExitCode if code.is_user_error}
+    assert set(EXIT_CODE_REASONS) == user
+    for stage in Stage:
+        for code in ExitCode:
+            if code is ExitCode.OK:
+                continue
+            expected = EXIT_CODE_REASONS[code] if code in user else STAGE_FAILURE_REASONS[stage]
+            assert reason_for(code, stage) is expected
+            assert reason_for(int(code), stage.value) is expected
+    for code in (0, 1, 137):
+        with pytest.raises(ValueError):
+            reason_for(code, Stage.TRAINING)
 
 
 @pytest.mark.parametrize(("steps", "ok", "units"), [(100, True, 100), (99, True, 100), (3000, True, 3000),

@@ -27,7 +27,7 @@ def test_explicit_poll_and_resync_settings_win():
 
 
 def test_a_tick_skips_only_while_nothing_changed_and_no_poll_is_due():
-    from iclora_operator.handlers import Memo
+    from iclora_operator.runtime import Memo
 
     memo = Memo(settings=OperatorSettings(), kube=None, metrics=None)  # type: ignore[arg-type]
     assert not memo.quiet("uid", ("k",), 60.0)  # never reconciled: reconcile
@@ -42,7 +42,7 @@ def test_a_tick_skips_only_while_nothing_changed_and_no_poll_is_due():
 
 
 def _memo():
-    from iclora_operator.handlers import Memo
+    from iclora_operator.runtime import Memo
 
     return Memo(settings=OperatorSettings(), kube=None, metrics=None)  # type: ignore[arg-type]
 
@@ -59,12 +59,12 @@ def test_a_copy_older_than_our_own_status_write_is_stale_until_the_echo_arrives(
 
 
 def test_a_lost_echo_does_not_block_a_training_forever(monkeypatch):
-    from iclora_operator import handlers
+    from iclora_operator import runtime
 
     memo = _memo()
     memo.expect("uid", "105")
-    later = time.monotonic() + handlers.ECHO_DEADLINE_SECONDS + 1
-    monkeypatch.setattr(handlers.time, "monotonic", lambda: later)
+    later = time.monotonic() + runtime.ECHO_DEADLINE_SECONDS + 1
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: later)
     assert memo.fresh("uid", "100")
 
 
@@ -73,13 +73,13 @@ def test_a_lost_echo_does_not_block_a_training_forever(monkeypatch):
     ("opaque-b", "opaque-a", False), ("opaque-a", "opaque-a", True),
 ])
 def test_resource_versions_compare_as_numbers_only_when_they_are_numbers(seen, expected, reached):
-    from iclora_operator.handlers import resource_version_reached
+    from iclora_operator.runtime import resource_version_reached
 
     assert resource_version_reached(seen, expected) is reached
 
 
 def test_status_patch_sets_changed_fields_and_deletes_dropped_ones():
-    from iclora_operator.handlers import status_patch
+    from iclora_operator.act import status_patch
 
     current = {"phase": "Training", "progress": {"step": 3}, "failure": {"reason": "X"}}
     assert status_patch(current, dict(current)) == {}

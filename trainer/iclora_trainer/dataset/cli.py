@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--spec", required=True, help="manifest or request: a file, '-' or env:NAME")
     pre.add_argument("--output", required=True, help="run folder or s3:// prefix (prepared/ and preflight.json)")
     pre.add_argument("--dataset", help="zip path or URL (default: the spec's trainingDataUrl)")
-    pre.add_argument("--work-dir", default=None, help="scratch (default $ICLORA_WORKDIR or a temp dir)")
+    pre.add_argument("--work-dir", default=None, help="scratch (default $ICLORA_WORK_DIR or a temp dir)")
     pre.add_argument("--termination-log", default=None)
     pre.set_defaults(func=run_preflight)
 
@@ -62,25 +62,24 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_preflight(args: argparse.Namespace) -> int:
-    from iclora_api.contract import ExitCode, PreflightResult
+    from iclora_api.contract import LOG_LEVEL_ENV, WORK_DIR_ENV, ExitCode, PreflightResult, Stage
     from iclora_trainer.dataset.preflight import run_preflight_job
-    from iclora_trainer.errors import TrainerError
+    from iclora_trainer.errors import TrainerError, failure
     from iclora_trainer.reporting import write_termination_message
 
-    logging.basicConfig(level=os.environ.get("ICLORA_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    work = Path(args.work_dir or os.environ.get("ICLORA_WORKDIR") or tempfile.mkdtemp(prefix="iclora-preflight-"))
+    work = Path(args.work_dir or os.environ.get(WORK_DIR_ENV) or tempfile.mkdtemp(prefix="iclora-preflight-"))
     try:
         result = run_preflight_job(args.spec, args.output, work / "preflight", dataset=args.dataset)
         code = ExitCode.OK
-    except TrainerError as exc:
-        log.error("%s: %s", exc.reason, exc)
-        result = PreflightResult(ok=False, reason=exc.reason, message=str(exc)[:4000])
-        code = exc.exit_code
-    except Exception as exc:  # an internal error, not the dataset's fault
-        log.exception("preflight failed")
-        result = PreflightResult(ok=False, reason="PreflightFailed", message=f"{type(exc).__name__}: {exc}"[:4000])
-        code = ExitCode.INTERNAL_ERROR
+    except Exception as exc:  # a TrainerError, or an internal error (not the dataset's fault)
+        code, reason, message = failure(exc, Stage.PREFLIGHT)
+        if isinstance(exc, TrainerError):
+            log.error("%s: %s", reason, exc)
+        else:
+            log.exception("preflight failed")
+        result = PreflightResult(ok=False, reason=reason, message=message[:4000])
     if code != ExitCode.OK:
         from iclora_trainer.dataset.preflight import publish_result
 

@@ -13,14 +13,15 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from iclora_api.contract import split_s3_uri
+from iclora_api.contract import ALLOW_PRIVATE_NETWORKS_ENV, DATASET_CREDENTIALS_ENV_PREFIX, split_s3_uri
+from iclora_api.objectstore import TRANSFERS, StoreCredentials, make_client, parse_endpoint
 from iclora_trainer.errors import DatasetDownloadError
 
-ALLOW_PRIVATE_ENV = "ICLORA_ALLOW_PRIVATE_NETWORKS"
+ALLOW_PRIVATE_ENV = ALLOW_PRIVATE_NETWORKS_ENV
 CHUNK = 1 << 20
 
 
@@ -135,18 +136,19 @@ def _get_with_retries(url: str, policy: FetchPolicy):
 
 
 def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Path:
-    from minio import Minio
     from minio.error import S3Error
 
-    def var(key: str) -> str | None:
-        return env.get(f"ICLORA_DATASET_{key}") or env.get(key)
-
-    endpoint = var("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
-    check_host(endpoint, policy)
-    ep = urlsplit(endpoint)
+    # The dataset Secret's ICLORA_DATASET_AWS_* variables, each falling back to the run store's AWS_*.
+    creds = StoreCredentials.from_env(env, prefix=DATASET_CREDENTIALS_ENV_PREFIX)
+    endpoint = creds.endpoint
+    try:
+        ep = parse_endpoint(endpoint)
+    except ValueError as exc:
+        raise DatasetDownloadError(f"{url}: {exc}") from exc
+    check_host(ep.url, policy)
     bucket, key = split_s3_uri(url)
-    client = Minio(ep.netloc, access_key=var("AWS_ACCESS_KEY_ID"), secret_key=var("AWS_SECRET_ACCESS_KEY"),
-                   secure=ep.scheme == "https", region=var("AWS_REGION"))
+    http = replace(TRANSFERS, connect_timeout=policy.connect_timeout, read_timeout=policy.read_timeout)
+    client = make_client(creds, http)
     try:
         size = client.stat_object(bucket, key).size or 0
         if size > policy.max_bytes:

@@ -3,6 +3,11 @@
 Rule shared by reference, target and mask: scale to FILL the bucket (the short side
 matches, nothing letterboxed), then crop the centre. Applying the same rule to the
 three keeps them aligned even when their sources differ in size.
+
+The one fitting path of the trainer: the preflight (training triplets) and the
+validation preview (`validation_media`) both fit through `iter_fitted` /
+`iter_fitted_mask` (or `fit_video` / `fit_mask`, their in-memory forms), so the same
+file at the same size, frame count and rate gives the same pixels in both.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from iclora_trainer.dataset.triplets import IMAGE_EXTENSIONS
 from iclora_trainer.errors import DatasetError
+
+# 16-bit grayscale (PNG opens as I;16 in recent Pillow, as I in older ones): scaled to 8 bits.
+_WIDE_GRAY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
 @dataclass(frozen=True)
@@ -70,14 +79,19 @@ def probe(path: Path, label: str) -> ClipInfo:
     return ClipInfo(width=width, height=height, rotation=rotation, duration=max(ends) - min(starts))
 
 
-def sample_times(info: ClipInfo, fps: int, count: int, stretch: bool) -> list[float]:
+def rate_times(fps: float, count: int) -> list[float]:
+    """Times (s, from the first frame) of `count` frames at `fps`."""
+    return [k / fps for k in range(count)]
+
+
+def sample_times(info: ClipInfo, fps: float, count: int, stretch: bool) -> list[float]:
     """Times (s, from the first frame) of the `count` frames to keep.
 
     At the target rate when the clip is long enough; otherwise, with `stretch`, spread over
     the whole clip (the clip is resampled to fit).
     """
     if info.frames_at(fps) >= count or not stretch:
-        return [k / fps for k in range(count)]
+        return rate_times(fps, count)
     return [k * info.duration / count for k in range(count)]
 
 
@@ -145,6 +159,10 @@ def load_image_mask(path: Path, target_w: int, target_h: int, label: str) -> np.
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
+            if img.mode in _WIDE_GRAY_MODES:
+                # Pillow's I;16 -> L conversion clips (300 of 65535 would read as white): scale instead.
+                wide = np.asarray(img, dtype=np.int64)
+                img = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
             if img.mode in ("RGBA", "LA", "P", "PA"):
                 rgba = img.convert("RGBA")
                 # Transparent pixels count as black (kept): composite onto black first.
@@ -155,3 +173,49 @@ def load_image_mask(path: Path, target_w: int, target_h: int, label: str) -> np.
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"{label}: cannot be read as an image ({exc})") from exc
     return center_crop(arr, target_w, target_h) > 127
+
+
+def is_image(path: Path) -> bool:
+    """A still image (a mask applied to every frame) rather than a video, by its extension."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def iter_fitted(path: Path, info: ClipInfo, times: Sequence[float], target_w: int, target_h: int, label: str,
+                fmt: str = "rgb24") -> Iterator[np.ndarray]:
+    """The video's frames at `times`, fitted (`fit_frame`): (H, W, 3) uint8, or (H, W) for "gray".
+
+    Streams: decoding stops one frame after the last time, so a long clip is never decoded whole.
+    """
+    for frame in iter_sampled(path, times, label):
+        yield fit_frame(frame, info, target_w, target_h, fmt)
+
+
+def iter_fitted_mask(path: Path, times: Sequence[float], target_w: int, target_h: int,
+                     label: str) -> Iterator[np.ndarray]:
+    """(H, W) bool per time, True (white, gray > 127) = regenerate.
+
+    An image mask (EXIF orientation applied) holds for every time; a video mask is sampled at
+    `times` (the clip it masks: shorter -> its last frame is held, longer -> trimmed).
+    """
+    if is_image(path):
+        mask = load_image_mask(path, target_w, target_h, label)
+        for _ in times:
+            yield mask
+        return
+    info = probe(path, label)
+    for gray in iter_fitted(path, info, times, target_w, target_h, label, fmt="gray"):
+        yield gray > 127
+
+
+def fit_video(path: Path, target_w: int, target_h: int, frames: int, fps: float, label: str,
+              stretch: bool = False) -> np.ndarray:
+    """(frames, H, W, 3) uint8: `iter_fitted` at `sample_times` (without `stretch` a short clip's
+    last frame is held)."""
+    info = probe(path, label)
+    times = sample_times(info, fps, frames, stretch)
+    return np.stack(list(iter_fitted(path, info, times, target_w, target_h, label)))
+
+
+def fit_mask(path: Path, target_w: int, target_h: int, frames: int, fps: float, label: str) -> np.ndarray:
+    """(frames, H, W) bool: `iter_fitted_mask` at the target rate (the times of an unstretched clip)."""
+    return np.stack(list(iter_fitted_mask(path, rate_times(fps, frames), target_w, target_h, label)))

@@ -15,13 +15,7 @@ import numpy as np
 
 from iclora_trainer.dataset.archive import Limits, extract_zip
 from iclora_trainer.dataset.captions import final_caption
-from iclora_trainer.dataset.media import (
-    fit_frame,
-    iter_sampled,
-    load_image_mask,
-    probe,
-    sample_times,
-)
+from iclora_trainer.dataset.media import iter_fitted, iter_fitted_mask, probe, sample_times
 from iclora_trainer.dataset.prepared import (
     PreparedManifest,
     PreparedTriplet,
@@ -85,18 +79,6 @@ class Skip(Exception):
     """A triplet that is valid but cannot be used (too short, nothing to regenerate)."""
 
 
-def _mask_frames(triplet: Triplet, params: FitParams, target_times: list[float], label: str) -> Iterator[np.ndarray]:
-    if triplet.mask_is_image:
-        mask = load_image_mask(triplet.mask, params.width, params.height, label)
-        for _ in target_times:
-            yield mask
-        return
-    info = probe(triplet.mask, label)
-    # A video mask follows the target's timeline: shorter -> its last frame is held, longer -> trimmed.
-    for frame in iter_sampled(triplet.mask, target_times, label):
-        yield fit_frame(frame, info, params.width, params.height, fmt="gray") > 127
-
-
 def fit_triplet(triplet: Triplet, params: FitParams, root: Path) -> PreparedTriplet:
     """Write one fitted triplet under `root`; raise Skip or DatasetError."""
     src = triplet.sources
@@ -117,13 +99,15 @@ def fit_triplet(triplet: Triplet, params: FitParams, root: Path) -> PreparedTrip
             white[0] = white[0] or bool(m.any())
             yield m
 
-    write_mask(mask_path, tracked(_mask_frames(triplet, params, target_times, src["mask"])), fps)
+    # A video mask follows the target's timeline: shorter -> its last frame is held, longer -> trimmed.
+    masks = iter_fitted_mask(triplet.mask, target_times, params.width, params.height, src["mask"])
+    write_mask(mask_path, tracked(masks), fps)
     if not white[0]:
         shutil.rmtree(mask_path.parent, ignore_errors=True)
         raise Skip("mask is all black: nothing to regenerate")
     for role, path, info in (("reference", triplet.reference, ref_info), ("target", triplet.target, tgt_info)):
         times = sample_times(info, fps, n, params.auto_scale_input)
-        frames = (fit_frame(f, info, params.width, params.height) for f in iter_sampled(path, times, src[role]))
+        frames = iter_fitted(path, info, times, params.width, params.height, src[role])
         written = write_clip(root / paths[role], frames, fps)
         if written != n:
             raise DatasetError(f"{src[role]}: produced {written} frames instead of {n}")

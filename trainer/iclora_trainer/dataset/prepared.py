@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from iclora_api.contract import SkippedTriplet  # also in preflight.json and status.dataset
+
 MANIFEST_NAME = "manifest.json"
 CLIPS_DIR = "clips"
 
@@ -40,11 +42,6 @@ class PreparedTriplet(_Model):
     sources: dict[str, str] = Field(
         default_factory=dict, description="Archive paths of the original reference, target, mask, caption."
     )
-
-
-class SkippedTriplet(_Model):
-    name: str
-    reason: str
 
 
 class PreparedManifest(_Model):

@@ -21,10 +21,6 @@ class Triplet:
     caption: Path | None
     sources: dict[str, str]
 
-    @property
-    def mask_is_image(self) -> bool:
-        return self.mask.suffix.lower() in IMAGE_EXTENSIONS
-
 
 @dataclass(frozen=True)
 class Matching:

@@ -1,0 +1,147 @@
+"""The one S3 client factory of the operator, the trainer and the development tooling.
+
+    creds = StoreCredentials.from_env()            # AWS_* (the trainer), or built from settings
+    client = make_client(creds, TRANSFERS)          # a minio.Minio
+
+Endpoints are parsed in one place (`parse_endpoint`): ``http://host:port`` talks plain HTTP,
+``https://host[:port]`` and a bare ``host[:port]`` talk TLS; a trailing slash is dropped; a path,
+query, fragment or user info is refused (minio addresses buckets by path, so a store cannot live
+under a prefix). The contract package depends on pydantic only at import time: minio, urllib3
+and certifi are imported inside `make_client`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from iclora_api.contract import (
+    AWS_ACCESS_KEY_ID_ENV,
+    AWS_ENDPOINT_URL_ENV,
+    AWS_REGION_ENV,
+    AWS_SECRET_ACCESS_KEY_ENV,
+)
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+# AWS's own endpoint, used when no endpoint is configured.
+DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An S3 endpoint in the form minio takes it: ``host[:port]`` and whether to use TLS."""
+
+    host: str
+    secure: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}"
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    """`http://h:9000` -> (h:9000, plain HTTP); `https://h` and `h:9000` -> TLS. ValueError otherwise."""
+    text = endpoint.strip()
+    if not text:
+        raise ValueError("empty S3 endpoint")
+    if "://" not in text:
+        text = "https://" + text  # a bare host[:port], as the AWS tools take it: TLS
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"S3 endpoint {endpoint!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"S3 endpoint {endpoint!r}: no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"S3 endpoint {endpoint!r}: credentials do not belong in the URL")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"S3 endpoint {endpoint!r}: a path prefix is not supported (use host[:port] only)")
+    try:
+        parts.port  # noqa: B018 - validates the port (a number in 0-65535)
+    except ValueError as exc:
+        raise ValueError(f"S3 endpoint {endpoint!r}: {exc}") from None
+    if parts.netloc.endswith(":"):
+        raise ValueError(f"S3 endpoint {endpoint!r}: empty port")
+    return Endpoint(host=parts.netloc, secure=parts.scheme == "https")
+
+
+@dataclass(frozen=True)
+class StoreCredentials:
+    """Where a store is and who we are there. Hashable (the operator caches one client per value)."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    access_key: str = ""  # empty: anonymous requests
+    secret_key: str = field(default="", repr=False)
+    region: str | None = None  # None: minio asks the store
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, prefix: str = "", region: str | None = None
+    ) -> StoreCredentials:
+        """From the AWS_* variables of `env` (default os.environ), or a credentials Secret's data.
+
+        With a `prefix` (DATASET_CREDENTIALS_ENV_PREFIX), each prefixed variable wins over the plain
+        one. Unset or empty: the endpoint is AWS's, the region `region`, the keys empty.
+        """
+        env = os.environ if env is None else env
+
+        def var(name: str) -> str:
+            return (env.get(prefix + name) if prefix else None) or env.get(name) or ""
+
+        return cls(
+            endpoint=var(AWS_ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT,
+            access_key=var(AWS_ACCESS_KEY_ID_ENV),
+            secret_key=var(AWS_SECRET_ACCESS_KEY_ENV),
+            region=var(AWS_REGION_ENV) or region,
+        )
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """urllib3 pool, timeouts (seconds) and retries of one client."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    retries: int = 5
+    backoff: float = 0.2
+    retry_statuses: tuple[int, ...] = (500, 502, 503, 504)
+    pool_size: int = 10
+
+
+# Uploads and downloads of datasets, checkpoints and artifacts (trainer, dev tooling): patient.
+TRANSFERS = HttpPolicy()
+# The operator's handler threads: fail fast, the next reconcile retries.
+FAIL_FAST = HttpPolicy(connect_timeout=3.0, read_timeout=15.0, retries=2, backoff=0.1, pool_size=32)
+
+
+def make_client(creds: StoreCredentials, policy: HttpPolicy = TRANSFERS) -> Minio:
+    """A minio client for `creds`; ValueError for an endpoint `parse_endpoint` refuses.
+
+    TLS is verified against $SSL_CERT_FILE, else certifi's bundle (as minio's own default client).
+    """
+    import certifi
+    import urllib3
+    from minio import Minio
+
+    endpoint = parse_endpoint(creds.endpoint)
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=policy.connect_timeout, read=policy.read_timeout),
+        maxsize=policy.pool_size,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(
+            total=policy.retries, backoff_factor=policy.backoff, status_forcelist=list(policy.retry_statuses)
+        ),
+    )
+    return Minio(
+        endpoint.host,
+        access_key=creds.access_key or None,
+        secret_key=creds.secret_key,
+        secure=endpoint.secure,
+        region=creds.region or None,
+        http_client=http,
+    )

@@ -1,0 +1,155 @@
+"""One reconcile of one training: observe, decide, carry out the plan, write the status once.
+
+`reconcile` creates the children the plan names, posts its Events and writes the status as
+one JSON merge patch: the plan's typed status (`MaskedICLoraTrainingStatus`) becomes JSON
+here, at the edge to the API server (`status_document`). `reconcile_guarded` is the entry
+point of both paths (watch events, the ticker's `tick`): one reconcile per training at a
+time, on a copy that includes our own last write, errors kept with the training.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from iclora_api.v1alpha1 import MaskedICLoraTrainingStatus
+from iclora_operator.adapters.kube import ChildConflict, NotReadyYet
+from iclora_operator.adapters.objectstore import ObjectStoreUnavailable
+from iclora_operator.observe import observe
+from iclora_operator.reconcile.decide import Action, Plan, decide
+from iclora_operator.reconcile.observed import JobState
+from iclora_operator.render import (
+    RunContext,
+    render_headless_service,
+    render_preflight_job,
+    render_store_secret,
+    render_training_job,
+)
+from iclora_operator.runtime import Indexes, Memo, RetryLater, observable_key, phase_of
+
+log = logging.getLogger(__name__)
+EVENT_MESSAGE_MAX = 1024
+
+
+def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
+    kube = memo.kube
+    for action in plan.actions:
+        if action == Action.CREATE_PREFLIGHT:
+            if ctx.store_secret == ctx.names.store_secret:
+                cfg = memo.settings.store
+                kube.create(render_store_secret(ctx, cfg.access_key.get_secret_value(),
+                                                cfg.secret_key.get_secret_value()))
+            kube.create(render_preflight_job(ctx))
+        elif action == Action.CREATE_TRAINING:
+            if ctx.profile.nodes > 1:
+                kube.create(render_headless_service(ctx))
+            kube.create(render_training_job(ctx, suspend=plan.create_suspended))
+        elif action in (Action.SUSPEND_TRAINING, Action.RESUME_TRAINING):
+            try:
+                kube.set_job_suspend(ctx.namespace, ctx.names.training, action == Action.SUSPEND_TRAINING, kueue)
+            except NotReadyYet as exc:
+                raise RetryLater(str(exc), delay=2) from exc
+
+
+def status_document(status: MaskedICLoraTrainingStatus) -> dict[str, Any]:
+    """The status as written to the resource: camelCase JSON, fields without a value left out."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def status_patch(current: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns `current` status into `status` (empty: nothing to write)."""
+    patch: dict[str, Any] = {key: None for key in current if key not in status}  # null deletes
+    patch.update({key: value for key, value in status.items() if current.get(key) != value})
+    return patch
+
+
+def reconcile(body: kopf.Body, memo: Memo, indexes: Indexes) -> None:
+    """Observe, decide, act, post the plan's Events and write the status (one merge patch)."""
+    now = datetime.now(UTC)
+    meta = body.metadata
+    ns = meta.namespace
+    try:
+        obs, ctx = observe(memo, body, indexes.jobs, indexes.profiles, indexes.trainings)
+    except ObjectStoreUnavailable as exc:
+        memo.metrics.reconciles.labels("store-unavailable").inc()
+        raise RetryLater(f"object store unavailable: {exc}", delay=10) from exc
+    plan = decide(obs, now, memo.settings.stale_progress_seconds)
+    if ctx is not None and plan.actions:
+        lock = memo.namespace_lock(ns) if Action.CREATE_TRAINING in plan.actions else None
+        try:
+            if lock:
+                lock.acquire()
+                # The index may not show a Job another thread created a moment ago: under the
+                # namespace's lock, count running training Jobs from the API before adding one.
+                limit = memo.settings.concurrency_per_namespace
+                if limit and not obs.kueue_managed and memo.kube.running_trainings(ns, ctx.name) >= limit:
+                    plan = decide(replace(obs, slot_available=False), now, memo.settings.stale_progress_seconds)
+            _act(memo, plan, ctx, obs.kueue_managed)
+        except ChildConflict as exc:
+            conflict = JobState(name=exc.name, owned=False)
+            plan = decide(replace(obs, preflight_job=conflict, training_job=None), now)
+        finally:
+            if lock:
+                lock.release()
+    for event in plan.events:
+        memo.kube.post_event(body, event.type, event.reason, event.message[:EVENT_MESSAGE_MAX])
+    if plan.billed:
+        memo.metrics.billing_units.labels(ns).inc(plan.billed)
+    status = status_document(plan.status)
+    memo.metrics.phases.set(meta.uid, ns, status["phase"])
+    memo.metrics.reconciles.labels("ok").inc()
+    patch = status_patch(dict(body.get("status") or {}), status)
+    if patch:
+        version = memo.kube.patch_training_status(ns, meta.name, patch)
+        if version is not None:
+            memo.expect(meta.uid, version)
+    memo.reconciled(meta.uid, observable_key(body, indexes.jobs, status))
+
+
+def reconcile_guarded(body: kopf.Body, memo: Memo, indexes: Indexes, due: float | None, *, wait: bool) -> None:
+    """One reconcile of one training at a time, on a copy that includes our own last write.
+
+    Errors stay with the training: logged, an Event once per distinct message, retried later.
+    """
+    uid = body.metadata.uid
+    lock = memo.object_lock(uid)
+    if not lock.acquire(blocking=wait):
+        return  # the other path is reconciling it right now
+    try:
+        if body.metadata.get("deletionTimestamp"):
+            return  # being deleted: children go with their owner references
+        if not memo.fresh(uid, body.metadata.get("resourceVersion")):
+            memo.metrics.reconciles.labels("stale").inc()
+            return
+        if memo.quiet(uid, observable_key(body, indexes.jobs), due):
+            memo.metrics.reconciles.labels("skipped").inc()
+            return
+        reconcile(body, memo, indexes)
+        memo.clear_warning(uid)
+    except RetryLater as exc:
+        memo.metrics.reconciles.labels("retry").inc()
+        memo.retry_later(uid, exc.delay)
+        log.warning("%s/%s: %s (retrying in %.0f s)", body.metadata.namespace, body.metadata.name, exc, exc.delay)
+        if memo.warn_once(uid, str(exc)):
+            memo.kube.post_event(body, "Warning", "Retrying", str(exc)[:EVENT_MESSAGE_MAX])
+    except Exception:
+        # Bad input or a bug must not stop the operator or other trainings; the ticker retries.
+        memo.metrics.reconciles.labels("error").inc()
+        memo.retry_later(uid, memo.settings.reconcile_interval_seconds)
+        log.exception("%s/%s: reconcile failed", body.metadata.namespace, body.metadata.name)
+    finally:
+        lock.release()
+
+
+def tick(memo: Memo, uid: str, indexes: Indexes) -> None:
+    """The ticker's visit of one due training (`runtime.tick_forever`), on a pool thread."""
+    # The latest copy, not the one the tick was planned on: the watch may have delivered the
+    # echo of a write (and cleared its expectation) since; the planned copy predates that write.
+    body = memo.latest(uid)
+    if body is None:
+        return  # deleted meanwhile
+    reconcile_guarded(body, memo, indexes, memo.settings.quiet_tick_due(phase_of(body)), wait=False)

@@ -1,0 +1,170 @@
+"""Observation: what the operator sees of one training, gathered into an `Observed`.
+
+Reads kopf's in-memory indexes (Jobs, TrainingProfiles, trainings per namespace), the
+Secrets and failed pods a decision needs (Kubernetes adapter), and the trainer's reports
+from the object store (cached in the `Memo` once final). Builds the `RunContext` the
+renderers need too. Decides nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import kopf
+
+from iclora_api.conditions import Phase
+from iclora_api.contract import (
+    PREFLIGHT_KEY,
+    PROGRESS_KEY,
+    RESULT_KEY,
+    PreflightResult,
+    Progress,
+    Result,
+    run_prefix,
+    split_s3_uri,
+)
+from iclora_api.profile import TrainingProfileSpec, profile_spec_from_object
+from iclora_api.validation import SpecInvalid, validate_spec
+from iclora_operator.adapters.kube import job_state
+from iclora_operator.adapters.objectstore import Credentials
+from iclora_operator.reconcile.decide import TERMINAL_PHASES
+from iclora_operator.reconcile.observed import JobState, Observed
+from iclora_operator.render import (
+    KUEUE_QUEUE_LABEL,
+    LABEL_COMPONENT,
+    LABEL_TRAINING,
+    RunContext,
+    StoreLocation,
+)
+from iclora_operator.runtime import Memo, RetryLater, first_indexed
+
+
+def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, Credentials, str]:
+    """Where this run writes, the operator's credentials for it, and the pods' Secret name."""
+    ns, name, uid = body.metadata.namespace, body.metadata.name, body.metadata.uid
+    cfg = memo.settings.store
+    default_creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
+                                cfg.secret_key.get_secret_value(), cfg.region)
+    output = spec.output if spec is not None else None
+    if output is None:
+        loc = StoreLocation(cfg.endpoint, cfg.bucket, run_prefix(cfg.prefix, ns, name, uid), cfg.region)
+        return loc, default_creds, f"{name}-store"
+    bucket, prefix = split_s3_uri(output.url)
+    secret_name = output.credentials_secret_ref.name if output.credentials_secret_ref else f"{name}-store"
+    data = memo.kube.secret_data(ns, secret_name) if output.credentials_secret_ref else None
+    if output.credentials_secret_ref and data is None:
+        raise SecretMissing(f"Secret {ns}/{secret_name} named by spec.output.credentialsSecretRef does not exist")
+    if data:
+        # The Secret holds the same AWS_* keys the pods get as variables (AWS's endpoint if none).
+        creds = Credentials.from_env(data, region=cfg.region)
+        endpoint, region = creds.endpoint, creds.region or cfg.region
+    else:
+        endpoint, region, creds = cfg.endpoint, cfg.region, default_creds
+    loc = StoreLocation(endpoint, bucket, run_prefix(prefix, ns, name, uid), region)
+    return loc, creds, secret_name
+
+
+class SecretMissing(LookupError):
+    """A Secret named by the spec does not exist in the resource's own namespace."""
+
+
+def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> JobState | None:
+    obj = first_indexed(jobs, (namespace, name))
+    if obj is None:
+        return None
+    state = job_state(obj, uid)
+    if state.failed and state.owned:
+        code, message = memo.kube.failed_pod(namespace, name)
+        state = replace(state, exit_code=code, termination_message=message)
+    return state
+
+
+def _slot_available(memo: Memo, namespace: str, name: str, created: str, jobs: kopf.Index,
+                    trainings: kopf.Index) -> bool:
+    limit = memo.settings.concurrency_per_namespace
+    if limit <= 0:
+        return True
+    running = 0
+    for (ns, _job_name), objs in jobs.items():
+        for obj in objs:
+            labels = obj["metadata"].get("labels") or {}
+            if ns != namespace or labels.get(LABEL_COMPONENT) != "training":
+                continue
+            if labels.get(LABEL_TRAINING) == name:
+                continue
+            state = job_state(obj, "")
+            if not (state.complete or state.failed or state.suspended):
+                running += 1
+    if running >= limit:
+        return False
+    # FIFO by creation time: an older training already waiting goes first.
+    for other_created, other_name, phase in trainings.get(namespace, []):
+        if other_name != name and phase == Phase.QUEUED.value and (other_created, other_name) < (created, name):
+            return False
+    return True
+
+
+def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
+            trainings: kopf.Index) -> tuple[Observed, RunContext | None]:
+    meta = body.metadata
+    ns, name, uid = meta.namespace, meta.name, meta.uid
+    status = dict(body.get("status") or {})
+    base = Observed(name=name, namespace=ns, uid=uid, generation=int(meta.get("generation") or 1),
+                    spec=None, status=status)
+    try:
+        spec = validate_spec(dict(body.get("spec") or {}))
+    except SpecInvalid as exc:
+        return replace(base, spec_errors=tuple(exc.errors)), None
+    profile_name = spec.profile_ref.name if spec.profile_ref else memo.settings.default_profile
+    raw_profile = first_indexed(profiles, profile_name)
+    profile: TrainingProfileSpec | None = None
+    if raw_profile is not None:
+        try:
+            profile = profile_spec_from_object(raw_profile)
+        except ValueError as exc:
+            raise RetryLater(f"TrainingProfile {profile_name} is invalid: {exc}", delay=60) from exc
+    obs = replace(base, spec=spec, profile_name=profile_name, profile=profile)
+    if profile is None:
+        return obs, None
+    try:
+        loc, creds, secret = _store_for(memo, body, spec)
+    except SecretMissing as exc:
+        return replace(obs, blocked=str(exc)), None
+    labels = dict(meta.labels or {})
+    kueue = bool(memo.settings.kueue_enabled and labels.get(KUEUE_QUEUE_LABEL))
+    ctx = RunContext(
+        name=name, namespace=ns, uid=uid, spec=spec, profile=profile, store=loc, store_secret=secret,
+        labels=labels, trainer_command=tuple(memo.settings.trainer_command),
+        allow_private_dataset_hosts=memo.settings.allow_private_dataset_hosts, kueue_enabled=kueue,
+    )
+    if status.get("phase") in TERMINAL_PHASES:
+        return obs, ctx
+    store = memo.store(creds)
+    preflight_job = _job(memo, jobs, ns, ctx.names.preflight, uid)
+    training_job = _job(memo, jobs, ns, ctx.names.training, uid)
+    result = progress = None
+    verified = None
+    # Reports are written once at the end of a stage: cache them, they never change. A
+    # resource seen for the first time (no status yet) cannot have one: skip the read.
+    report = None
+    if status or preflight_job is not None:
+        # A running preflight writes its report just before it ends: look less often meanwhile.
+        running = preflight_job is not None and not (preflight_job.complete or preflight_job.failed)
+        report = memo.cached(uid, PREFLIGHT_KEY, lambda: store.read_json(loc.uri(PREFLIGHT_KEY)),
+                             PreflightResult, memo.settings.report_poll_seconds if running else 0.0)
+    if training_job is not None:
+        raw = store.read_json(loc.uri(PROGRESS_KEY))
+        progress = Progress.model_validate(raw) if raw else None
+        if training_job.complete or training_job.failed:
+            result = memo.cached(uid, RESULT_KEY, lambda: store.read_json(loc.uri(RESULT_KEY)), Result)
+            if result is not None and result.status == "Succeeded" and result.artifacts is not None:
+                uris = result.artifacts.model_dump(exclude_none=True).values()
+                verified = all(store.exists(u) for u in uris)
+    slot = True
+    if training_job is None and not kueue:
+        slot = _slot_available(memo, ns, name, meta.get("creationTimestamp") or "", jobs, trainings)
+    obs = replace(obs, preflight_job=preflight_job, training_job=training_job, preflight_report=report,
+                  progress=progress, result=result, artifacts_verified=verified, slot_available=slot,
+                  kueue_managed=kueue)
+    return obs, ctx
