@@ -167,9 +167,12 @@ def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
     """Drive the CPU preflight; True once it passed."""
     job = obs.preflight_job
     report = obs.preflight_report
-    if report is not None and not report.ok and (job is None or job.failed or job.complete):
+    # A failed Job is classified by its exit code first (classify_failure, below): a report left by an
+    # earlier attempt cannot contradict it. Without a Job to read (deleted, or gone after its TTL),
+    # the final report is all there is.
+    if report is not None and not report.ok and (job is None or job.complete):
         known = report.reason in Reason.__members__.values()
-        reason = Reason(report.reason) if known else Reason.DATASET_INVALID
+        reason = Reason(report.reason) if known else Reason.PREFLIGHT_FAILED
         draft.preflight = (False, reason, report.message or reason.value)
         _fail(draft, reason, report.message or "the dataset was rejected")
         return False

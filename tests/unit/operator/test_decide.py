@@ -84,10 +84,17 @@ def test_missing_profile_is_a_clear_failure():
         (None, {"failed": True, "exit_code": 12, "termination_message": "bad zip"}, "DatasetInvalid"),
         (None, {"failed": True, "failure_reason": "DeadlineExceeded"}, "DeadlineExceeded"),
         (None, {"failed": True, "exit_code": 1}, "PreflightFailed"),
+        # The exit code is the kubelet's fact: a report of an earlier attempt cannot contradict it.
+        (PreflightResult(ok=False, reason="NoUsableClips", message="old attempt"),
+         {"failed": True, "exit_code": 12, "termination_message": "not a zip archive"}, "DatasetInvalid"),
+        # The Job is gone (TTL): the final report is all there is; an unknown reason is not the dataset's.
+        (PreflightResult(ok=False, reason="NoUsableClips", message="all clips too short"), None, "NoUsableClips"),
+        (PreflightResult(ok=False, reason="SomethingNew", message="?"), None, "PreflightFailed"),
     ],
 )
 def test_preflight_failures_never_create_a_gpu_job(report, job_kw, reason):
-    obs = replace(BASE, preflight_job=job("t-preflight", **job_kw), preflight_report=report)
+    preflight_job = job("t-preflight", **job_kw) if job_kw is not None else None
+    obs = replace(BASE, preflight_job=preflight_job, preflight_report=report)
     plan = decide(obs, NOW)
     assert Action.CREATE_TRAINING not in plan.actions
     assert written(plan)["phase"] == "Failed"
