@@ -1,41 +1,37 @@
-"""Shared test helpers: the installed console script and the repository root."""
+"""Test layout and fixtures every layer shares. Helpers (plain functions) are in tests/helpers.py.
+
+The top folder of a test is the layer it needs, and its marker (`-m unit|media|trainer|cluster`):
+unit (no video, no model, no cluster), media (real files decoded and encoded with PyAV), trainer
+(the tiny-model trainer: torch, ltx-core, DeepSpeed on CPU) and cluster (the local control plane,
+kwok nodes, the pod runner and S3). A test may carry further markers (`slow`, `trainer` on a
+cluster test that runs the real trainer in its pods).
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO_ROOT, CliResult, iclora_executable
+
 # Session-scoped local cluster, S3 store and per-test namespaces (used by the cluster layers).
 pytest_plugins = ["iclora_dev.pytest_plugin"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("unit", "media", "trainer", "cluster")
+TESTS = Path(__file__).resolve().parent
 
 
-def iclora_executable() -> str:
-    """The installed `iclora` console script of the running interpreter's environment."""
-    candidate = Path(sys.executable).parent / "iclora"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("iclora")
-    if not found:
-        raise RuntimeError("the `iclora` console script is not installed (pip install -e .)")
-    return found
-
-
-class CliResult:
-    def __init__(self, proc: subprocess.CompletedProcess[str]):
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-
-    def json(self):
-        return json.loads(self.stdout)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with the layer its folder names (tests/<layer>/...)."""
+    for item in items:
+        layer = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        layer = {"dataset": "media"}.get(layer, layer)  # tests/dataset moves into tests/media
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/<layer>/, one of {', '.join(LAYERS)}")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture

@@ -1,18 +1,14 @@
-"""Fixtures for the trainer tests: a tiny LTX checkpoint and small prepared datasets."""
+"""Fixtures for the trainer tests: a tiny LTX checkpoint, small prepared datasets and validation media."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from iclora_api.trainer_settings import TrainerSettings
-from iclora_trainer.distributed import DistEnv
-from iclora_trainer.loop import TrainingPlan
-
-SINGLE = DistEnv(
-    rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=29500, gpus_per_node=1
-)
+from iclora_trainer.dataset.prepared import write_clip
+from tests.helpers import FPS, FRAMES
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +27,18 @@ def prepared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def make_settings(tiny_checkpoint, work: Path, **kw) -> TrainerSettings:
-    base = {
-        "model_path": str(tiny_checkpoint.model_path),
-        "text_encoder_path": str(tiny_checkpoint.text_encoder_path),
-        "device": "cpu",
-        "dtype": "fp32",
-        "engine": "torch",
-        "work_dir": str(work),
-        "progress_interval": 1,
-    }
-    base.update(kw)
-    return TrainerSettings.model_validate(base)
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 96x64 source and reference (fitted to 64x64 by a centre crop) and a PNG mask."""
+    from PIL import Image
 
-
-def make_plan(steps: int = 6, rank: int = 8, lr: float = 2e-3) -> TrainingPlan:
-    return TrainingPlan(steps=steps, rank=rank, learning_rate=lr, trigger_phrase="MASKEDIC")
+    root = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (FRAMES, 64, 96, 3), dtype=np.uint8)
+    reference = rng.integers(0, 256, (FRAMES, 64, 96, 3), dtype=np.uint8)
+    write_clip(root / "source.mkv", source, FPS)
+    write_clip(root / "reference.mkv", reference, FPS)
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[:, 48:] = 255  # right half (after crop: columns 32..63) regenerated
+    Image.fromarray(mask).save(root / "mask.png")
+    return {"video": root / "source.mkv", "mask": root / "mask.png", "reference": root / "reference.mkv"}

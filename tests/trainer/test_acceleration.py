@@ -19,8 +19,7 @@ from iclora_trainer.model.acceleration import (
 )
 from iclora_trainer.model.loading import load_transformer
 from iclora_trainer.strategy import MaskedICLoraStrategy
-
-from .conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = pytest.mark.trainer
 

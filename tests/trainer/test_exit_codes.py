@@ -17,7 +17,7 @@ import pytest
 from iclora_api.contract import PREFLIGHT_KEY, RESULT_KEY, ExitCode, Stage
 from iclora_operator.reconcile.failures import classify_failure
 from iclora_operator.reconcile.observed import JobState
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.trainer
 

@@ -15,8 +15,7 @@ from iclora_dev.evaluation import load_with_lora, masked_loss
 from iclora_dev.synthetic_prepared import write_synthetic_prepared
 from iclora_trainer.loop import load_and_precompute, train
 from iclora_trainer.storage import LocalStore
-
-from .conftest import SINGLE, make_plan, make_settings
+from tests.helpers import SINGLE, make_plan, make_settings
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from iclora_api.contract import Progress, Result
 from iclora_trainer.loop import train
 from iclora_trainer.storage import LocalStore
-
-from .conftest import SINGLE, make_plan, make_settings
+from tests.helpers import SINGLE, make_plan, make_settings
 
 pytestmark = pytest.mark.trainer
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_recommended_manifest_is_valid(run_iclora):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from iclora_api.crdgen import crd_files, render_crd, render_crd_yaml, render_profile_crd
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_committed_crds_are_up_to_date():

@@ -20,7 +20,8 @@ from iclora_api.contract import (
 )
 from iclora_api.trainer_settings import ENV_PREFIX, TrainerSettings, load_settings
 from iclora_operator.render import SCRATCH, render_preflight_job, render_training_job
-from tests.unit.operator.test_render import ctx, env_of
+from tests.helpers import env_of
+from tests.helpers import render_ctx as ctx
 
 REPO = Path(__file__).resolve().parents[2]
 # Variables of the container runtime, not of the trainer contract.

@@ -7,46 +7,17 @@ import json
 import pytest
 
 from iclora_api.contract import USER_ERROR_EXIT_CODES
-from iclora_api.profile import TrainingProfileSpec
-from iclora_api.validation import validate_spec
 from iclora_operator.render import (
     KUEUE_QUEUE_LABEL,
     LABEL_UID,
     RunContext,
-    StoreLocation,
     render_headless_service,
     render_preflight_job,
     render_store_secret,
     render_training_job,
 )
-
-SPEC = validate_spec({
-    "trainingDataUrl": "s3://data/d.zip",
-    "numberOfFrames": 100,
-    "datasetCredentialsSecretRef": {"name": "data-creds"},
-})
-
-
-def ctx(nodes=1, gpus=1, labels=None, **profile):
-    return RunContext(
-        name="t", namespace="team-a", uid="uid-1", spec=SPEC,
-        profile=TrainingProfileSpec(nodes=nodes, gpus_per_node=gpus, **profile),
-        store=StoreLocation("http://s3.local:8333", "iclora", "runs/team-a/t/uid-1"),
-        store_secret="t-store", labels=labels or {"team": "vision", "kopf.zalando.org/x": "y"},
-    )
-
-
-def pod_of(job):
-    return job["spec"]["template"]["spec"]
-
-
-def container_of(job):
-    return pod_of(job)["containers"][0]
-
-
-def env_of(job):
-    return {e["name"]: e for e in container_of(job)["env"]}
-
+from tests.helpers import container_of, env_of, pod_of
+from tests.helpers import render_ctx as ctx
 
 ALL_JOBS = [
     pytest.param(lambda: render_preflight_job(ctx()), id="preflight"),

@@ -13,7 +13,7 @@ from iclora_trainer.validation import (
     prepare_validation,
     run_entries,
 )
-from tests.validation.conftest import FPS, FRAMES, HEIGHT, WIDTH
+from tests.helpers import FPS, FRAMES, HEIGHT, WIDTH
 
 pytestmark = pytest.mark.trainer
 

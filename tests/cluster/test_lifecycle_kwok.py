@@ -7,40 +7,16 @@ the end-to-end test with the real preflight and trainer is test_end_to_end.py.
 
 from __future__ import annotations
 
-import io
 import json
 import time
-from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from iclora_api.contract import Artifacts, PreflightResult, Result
 from iclora_dev.pytest_plugin import wait_for
+from tests.helpers import SPEC, play_trainer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-SPEC = {"trainingDataUrl": "https://datasets.example.com/triplets.zip", "numberOfSteps": 150}
-
-
-def put_json(s3: Any, key: str, data: dict[str, Any]) -> None:
-    raw = json.dumps(data).encode()
-    s3.client().put_object(s3.bucket, key, io.BytesIO(raw), len(raw))
-
-
-def play_trainer(s3: Any, namespace: str, name: str, uid: str, steps: int = 150) -> dict[str, str]:
-    """Write what a successful preflight and trainer leave in the store for one run."""
-    prefix = f"runs/{namespace}/{name}/{uid}"
-    put_json(s3, f"{prefix}/preflight.json", PreflightResult(ok=True, usable=2).model_dump(by_alias=True))
-    arts = {"loraFile": f"s3://{s3.bucket}/{prefix}/artifacts/lora.safetensors",
-            "configFile": f"s3://{s3.bucket}/{prefix}/artifacts/config.json"}
-    for uri in arts.values():
-        key = uri.removeprefix(f"s3://{s3.bucket}/")
-        s3.client().put_object(s3.bucket, key, io.BytesIO(b"x"), 1)
-    result = Result(status="Succeeded", steps=steps, artifacts=Artifacts(**arts))
-    put_json(s3, f"{prefix}/result.json", result.model_dump(by_alias=True, exclude_none=True))
-    return arts
-
 
 def test_schema_and_cel_reject_at_apply(trainings, installed_crds):
     with pytest.raises(ApiException) as info:

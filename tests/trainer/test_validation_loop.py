@@ -10,8 +10,7 @@ import pytest
 from iclora_trainer.reel import CAPTION_HEIGHT
 from iclora_trainer.storage import LocalStore
 from iclora_trainer.validation import ValidationEntry, ValidationPlan
-from tests.trainer.conftest import SINGLE, make_plan, make_settings
-from tests.validation.conftest import FPS, FRAMES, HEIGHT, WIDTH
+from tests.helpers import FPS, FRAMES, HEIGHT, SINGLE, WIDTH, make_plan, make_settings
 
 pytestmark = pytest.mark.trainer
 

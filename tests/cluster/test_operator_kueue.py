@@ -13,8 +13,7 @@ from iclora_dev.localcluster import kueue, nodes
 from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
 from iclora_dev.pytest_plugin import wait_for
 from iclora_operator.adapters.kube import install_crds
-from tests.operator.conftest import Trainings
-from tests.operator.test_lifecycle_kwok import SPEC, play_trainer
+from tests.helpers import SPEC, Trainings, play_trainer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

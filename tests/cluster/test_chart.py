@@ -13,8 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from iclora_dev.pytest_plugin import wait_for
-from tests.conftest import REPO_ROOT
-from tests.operator.test_lifecycle_kwok import SPEC, play_trainer
+from tests.helpers import REPO_ROOT, SPEC, play_trainer
 
 CHART = REPO_ROOT / "charts" / "masked-iclora"
 

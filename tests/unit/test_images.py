@@ -10,7 +10,7 @@ import sys
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 DOCKERFILES = {"operator": REPO_ROOT / "operator" / "Dockerfile", "trainer": REPO_ROOT / "trainer" / "Dockerfile"}
 

@@ -1,0 +1,179 @@
+"""Helpers shared by the test layers (plain functions and constants; fixtures live in conftest.py).
+
+One module, so no test file imports another: the cluster, CLI, trainer, render and media
+helpers of every layer are here, each section saying which tests use it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from iclora_api.contract import Artifacts, PreflightResult, Result
+from iclora_api.profile import TrainingProfileSpec
+from iclora_api.trainer_settings import TrainerSettings
+from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from iclora_api.validation import validate_spec
+from iclora_operator.render import RunContext, StoreLocation
+from iclora_trainer.distributed import DistEnv
+
+# ---------------------------------------------------------------------------------------------
+# The repository and the installed CLI (every layer)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def iclora_executable() -> str:
+    """The installed `iclora` console script of the running interpreter's environment."""
+    candidate = Path(sys.executable).parent / "iclora"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("iclora")
+    if not found:
+        raise RuntimeError("the `iclora` console script is not installed (pip install -e .)")
+    return found
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess[str]):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendered Jobs (unit tests of render.py and of the env contract)
+
+RENDER_SPEC = validate_spec({
+    "trainingDataUrl": "s3://data/d.zip",
+    "numberOfFrames": 100,
+    "datasetCredentialsSecretRef": {"name": "data-creds"},
+})
+
+
+def render_ctx(nodes=1, gpus=1, labels=None, **profile):
+    return RunContext(
+        name="t", namespace="team-a", uid="uid-1", spec=RENDER_SPEC,
+        profile=TrainingProfileSpec(nodes=nodes, gpus_per_node=gpus, **profile),
+        store=StoreLocation("http://s3.local:8333", "iclora", "runs/team-a/t/uid-1"),
+        store_secret="t-store", labels=labels or {"team": "vision", "kopf.zalando.org/x": "y"},
+    )
+
+
+def pod_of(job):
+    return job["spec"]["template"]["spec"]
+
+
+def container_of(job):
+    return pod_of(job)["containers"][0]
+
+
+def env_of(job):
+    return {e["name"]: e for e in container_of(job)["env"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny-model trainer (trainer tests)
+
+SINGLE = DistEnv(
+    rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=29500, gpus_per_node=1
+)
+
+
+def make_settings(tiny_checkpoint, work: Path, **kw) -> TrainerSettings:
+    base = {
+        "model_path": str(tiny_checkpoint.model_path),
+        "text_encoder_path": str(tiny_checkpoint.text_encoder_path),
+        "device": "cpu",
+        "dtype": "fp32",
+        "engine": "torch",
+        "work_dir": str(work),
+        "progress_interval": 1,
+    }
+    base.update(kw)
+    return TrainerSettings.model_validate(base)
+
+
+def make_plan(steps: int = 6, rank: int = 8, lr: float = 2e-3):
+    """A TrainingPlan (iclora_trainer.loop imports torch: imported here, not by every test module)."""
+    from iclora_trainer.loop import TrainingPlan
+
+    return TrainingPlan(steps=steps, rank=rank, learning_rate=lr, trigger_phrase="MASKEDIC")
+
+
+# Small validation media (validation sampler and loop tests; the `media` fixture writes them).
+WIDTH, HEIGHT, FRAMES, FPS = 64, 64, 9, 24
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainings on the local control plane (cluster tests)
+
+KWOK_GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class Trainings:
+    """Small client for MaskedICLoraTraining objects in one namespace."""
+
+    def __init__(self, api_client: Any, namespace: str):
+        from kubernetes import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MaskedICLoraTraining",
+                "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+        return self.api.create_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.api.get_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name)
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name,
+                                                       {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(API_GROUP, API_VERSION, self.namespace, PLURAL, name)
+
+    def phase(self, name: str) -> str | None:
+        return (self.get(name).get("status") or {}).get("phase")
+
+    def jobs(self, uid: str | None = None) -> list[Any]:
+        selector = f"iclora.dev/training-uid={uid}" if uid else "app.kubernetes.io/managed-by=masked-iclora-operator"
+        return self.batch.list_namespaced_job(self.namespace, label_selector=selector).items
+
+    def events(self, name: str, reason: str) -> list[Any]:
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [e for e in items if e.reason == reason]
+
+
+SPEC = {"trainingDataUrl": "https://datasets.example.com/triplets.zip", "numberOfSteps": 150}
+
+
+def put_json(s3: Any, key: str, data: dict[str, Any]) -> None:
+    raw = json.dumps(data).encode()
+    s3.client().put_object(s3.bucket, key, io.BytesIO(raw), len(raw))
+
+
+def play_trainer(s3: Any, namespace: str, name: str, uid: str, steps: int = 150) -> dict[str, str]:
+    """Write what a successful preflight and trainer leave in the store for one run."""
+    prefix = f"runs/{namespace}/{name}/{uid}"
+    put_json(s3, f"{prefix}/preflight.json", PreflightResult(ok=True, usable=2).model_dump(by_alias=True))
+    arts = {"loraFile": f"s3://{s3.bucket}/{prefix}/artifacts/lora.safetensors",
+            "configFile": f"s3://{s3.bucket}/{prefix}/artifacts/config.json"}
+    for uri in arts.values():
+        key = uri.removeprefix(f"s3://{s3.bucket}/")
+        s3.client().put_object(s3.bucket, key, io.BytesIO(b"x"), 1)
+    result = Result(status="Succeeded", steps=steps, artifacts=Artifacts(**arts))
+    put_json(s3, f"{prefix}/result.json", result.model_dump(by_alias=True, exclude_none=True))
+    return arts
