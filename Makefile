@@ -1,5 +1,6 @@
 # The two commands of the README. Everything else is `iclora --help`.
-VENV ?= $(HOME)/.cache/masked-iclora/venv
+# The venv: $(ICLORA_VENV) when set (as scripts/ read it), else the per-user cache.
+VENV ?= $(or $(ICLORA_VENV),$(HOME)/.cache/masked-iclora/venv)
 export ICLORA_VENV := $(VENV)
 
 .PHONY: demo test lint crd lock
