@@ -64,6 +64,9 @@ class Reason(StrEnum):
     """Stalled: a child Job was deleted by someone other than the operator."""
     NAME_CONFLICT = "NameConflict"
     """Stalled: a child name is taken by an object this resource does not own."""
+    CHILD_REJECTED = "ChildRejected"
+    """Stalled: the API server refused a child (Job, Secret, Service): invalid, or forbidden by a
+    quota, policy or admission webhook; the message is the API server's answer."""
     # Progress reasons.
     VALIDATING = "Validating"
     """Reconciling: the operator has seen the resource and is checking it."""
@@ -75,6 +78,8 @@ class Reason(StrEnum):
     """Reconciling: the GPU Job runs."""
     SECRET_NOT_FOUND = "SecretNotFound"
     """Reconciling: a Secret the spec names does not exist in the resource's namespace (yet)."""
+    FETCHING_MODEL = "FetchingModel"
+    """Reconciling: the training pods fetch the base model before their first step."""
     NO_RECENT_PROGRESS = "NoRecentProgress"
     """Reconciling: the trainer's heartbeat is stale while its Job is active."""
     SUSPENDED = "Suspended"

@@ -35,9 +35,16 @@ TRAINER_SETTINGS_ENV = "ICLORA_TRAINER_SETTINGS"
 TRAINER_SETTINGS_ENV_PREFIX = "ICLORA_"
 # Local scratch folder: TrainerSettings.work_dir in the training, the preflight's scratch too.
 WORK_DIR_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}WORK_DIR"
-# LTX-2.3 checkpoint and text encoder (TrainerSettings.model_path, .text_encoder_path).
+# LTX-2.3 checkpoint and text encoder (TrainerSettings.model_path, .text_encoder_path): a local
+# path or a URI (s3://, file://, https://) the trainer fetches before loading. Variables of their
+# own, not inside the settings JSON, so runtimes that remap volumes see the file:// paths.
 MODEL_PATH_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}MODEL_PATH"
 TEXT_ENCODER_PATH_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}TEXT_ENCODER_PATH"
+# Folder of the node's model cache (TrainerSettings.model_cache_dir); unset: fetched into scratch.
+MODEL_CACHE_DIR_ENV = f"{TRAINER_SETTINGS_ENV_PREFIX}MODEL_CACHE_DIR"
+# Prefix of the model store's variables (ICLORA_MODEL_AWS_ACCESS_KEY_ID, ...): s3:// model sources
+# are read with these (TrainingProfile model.credentialsSecretRef, or the platform's store).
+MODEL_CREDENTIALS_ENV_PREFIX = f"{TRAINER_SETTINGS_ENV_PREFIX}MODEL_"
 # Where the termination message goes when --termination-log is not given (default TERMINATION_LOG).
 TERMINATION_LOG_ENV = "ICLORA_TERMINATION_LOG"
 # Geometry of the training: pods (nodes) of the Indexed Job and processes (GPUs) per pod.
@@ -136,6 +143,9 @@ class Progress(_Model):
     loss: float | None = None
     eta_seconds: int | None = Field(default=None, alias="etaSeconds")
     heartbeat: str = Field(description="UTC ISO-8601 time of this report.")
+    # What the run does before its first step, e.g. "fetching model: 12.3 of 44.0 GiB"; None once
+    # it trains. The operator shows it as the Reconciling condition's message.
+    message: str | None = None
 
 
 # Models that are also status fields (iclora_api.v1alpha1) carry no class docstring: it would
@@ -166,6 +176,15 @@ class SkippedTriplet(_Model):
     reason: str
 
 
+class ModelFetch(_Model):
+    """How a run's pod got its base model (result.json `model`): what it downloaded and reused."""
+
+    downloaded_bytes: int = Field(default=0, alias="downloadedBytes")
+    reused_bytes: int = Field(default=0, alias="reusedBytes", description="Found complete in the cache.")
+    local_bytes: int = Field(default=0, alias="localBytes", description="Read in place (file:// or a path).")
+    cache: str | None = Field(default=None, description="The cache folder; None: fetched into scratch.")
+
+
 class Result(_Model):
     """Final report of a training run (result.json and, shortened, the termination message)."""
 
@@ -174,6 +193,7 @@ class Result(_Model):
     message: str | None = None
     steps: int = 0
     artifacts: Artifacts | None = None
+    model: ModelFetch | None = None
 
 
 class PreflightResult(_Model):

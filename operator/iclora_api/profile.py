@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from iclora_api.trainer_settings import SpeedLevers
@@ -47,8 +47,195 @@ class Acceleration(SpeedLevers, _ProfileModel):
     """The trainer's speed levers (iclora_api.trainer_settings.SpeedLevers: same fields, camelCase names)."""
 
 
+# --- Admin-defined volumes: Kubernetes' own Volume and VolumeMount shapes -----------------------
+# VolumeMount is typed whole. Of Volume, the name and the sources that hold model weights or a
+# node cache (hostPath, persistentVolumeClaim, nfs, csi, image, emptyDir) are typed field by
+# field; every other source Kubernetes knows is accepted as an object and checked by the API
+# server when the operator creates the pod's Job. Exactly one source per volume.
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+VolumeName = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
+# Where the operator mounts its own volumes: the scratch emptyDir, /dev/shm and the model cache.
+SCRATCH_MOUNT_PATH = "/scratch"
+SHM_MOUNT_PATH = "/dev/shm"
+MODEL_CACHE_MOUNT_PATH = "/var/cache/iclora/models"
+RESERVED_MOUNT_PATHS = (SCRATCH_MOUNT_PATH, SHM_MOUNT_PATH, MODEL_CACHE_MOUNT_PATH)
+RESERVED_VOLUME_NAMES = ("scratch", "dshm")
+
+
+class _K8sModel(_ProfileModel):
+    """Kubernetes core/v1 shapes: camelCase, strict, unknown fields refused."""
+
+
+class HostPathVolumeSource(_K8sModel):
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    type: Literal[
+        "", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"
+    ] | None = None
+
+
+class PersistentVolumeClaimVolumeSource(_K8sModel):
+    claim_name: Annotated[str, Field(min_length=1, max_length=253)]
+    read_only: bool | None = None
+
+
+class NFSVolumeSource(_K8sModel):
+    server: Annotated[str, Field(min_length=1)]
+    path: Annotated[str, Field(min_length=1)]
+    read_only: bool | None = None
+
+
+class SecretName(_K8sModel):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class CSIVolumeSource(_K8sModel):
+    driver: Annotated[str, Field(min_length=1, max_length=63)]
+    read_only: bool | None = None
+    fs_type: str | None = None
+    volume_attributes: dict[str, str] | None = None
+    node_publish_secret_ref: SecretName | None = None
+
+
+class ImageVolumeSource(_K8sModel):
+    reference: Annotated[str, Field(min_length=1)]
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+
+
+class EmptyDirVolumeSource(_K8sModel):
+    medium: Literal["", "Memory"] | None = None
+    size_limit: Quantity | None = None
+
+
+_TYPED_SOURCES = ("hostPath", "persistentVolumeClaim", "nfs", "csi", "image", "emptyDir")
+# Kubernetes' other volume sources (core/v1 Volume), each an object the API server validates.
+_OTHER_SOURCES = (
+    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "downwardAPI",
+    "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk", "gitRepo", "glusterfs", "iscsi",
+    "photonPersistentDisk", "portworxVolume", "projected", "quobyte", "rbd", "scaleIO", "secret",
+    "storageos", "vsphereVolume",
+)
+VOLUME_SOURCES = _TYPED_SOURCES + _OTHER_SOURCES
+_ONE_SOURCE_RULE = " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in VOLUME_SOURCES) + " == 1"
+_Object = dict[str, Any] | None
+
+
+class Volume(_K8sModel):
+    """A Kubernetes volume (core/v1 Volume) added to the preflight and training pods."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": _ONE_SOURCE_RULE, "message": "a volume has exactly one source (hostPath, persistentVolumeClaim, ...)"}
+    ]})
+
+    name: VolumeName
+    host_path: HostPathVolumeSource | None = None
+    persistent_volume_claim: PersistentVolumeClaimVolumeSource | None = None
+    nfs: NFSVolumeSource | None = None
+    csi: CSIVolumeSource | None = None
+    image: ImageVolumeSource | None = None
+    empty_dir: EmptyDirVolumeSource | None = None
+    aws_elastic_block_store: _Object = None
+    azure_disk: _Object = None
+    azure_file: _Object = None
+    cephfs: _Object = None
+    cinder: _Object = None
+    config_map: _Object = None
+    downward_api: _Object = Field(default=None, alias="downwardAPI")
+    ephemeral: _Object = None
+    fc: _Object = None
+    flex_volume: _Object = None
+    flocker: _Object = None
+    gce_persistent_disk: _Object = None
+    git_repo: _Object = None
+    glusterfs: _Object = None
+    iscsi: _Object = None
+    photon_persistent_disk: _Object = None
+    portworx_volume: _Object = None
+    projected: _Object = None
+    quobyte: _Object = None
+    rbd: _Object = None
+    scale_io: _Object = Field(default=None, alias="scaleIO")
+    secret: _Object = None
+    storageos: _Object = None
+    vsphere_volume: _Object = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        sources = self.sources()
+        if len(sources) != 1:
+            raise ValueError(f"volume {self.name!r} needs exactly one source, has {sorted(sources) or 'none'}")
+        return self
+
+    def sources(self) -> dict[str, Any]:
+        """The volume's sources as {camelCase name: value} (exactly one once validated)."""
+        data = self.model_dump(by_alias=True, exclude_none=True, exclude={"name"})
+        return {k: v for k, v in data.items() if k in VOLUME_SOURCES}
+
+    def manifest(self) -> dict[str, Any]:
+        """The volume as the pod spec takes it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class VolumeMount(_K8sModel):
+    """Where a volume appears in the trainer container (core/v1 VolumeMount)."""
+
+    name: VolumeName
+    mount_path: Annotated[str, Field(min_length=2, max_length=4096, pattern=r"^/.+")]
+    read_only: bool | None = None
+    sub_path: str | None = None
+    sub_path_expr: str | None = None
+    mount_propagation: Literal["None", "HostToContainer", "Bidirectional"] | None = None
+    recursive_read_only: Literal["Disabled", "IfPossible", "Enabled"] | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- The base model: where the weights come from -------------------------------------------------
+
+MODEL_URI_SCHEMES = ("s3", "file", "https", "http")
+_MODEL_URI_PATTERN = r"^(s3://[^/\s]+/\S+|file:///\S+|https?://[^/\s]+/\S*)$"
+ModelUri = Annotated[str, Field(min_length=8, max_length=2048, pattern=_MODEL_URI_PATTERN)]
+
+
+class ModelSource(_ProfileModel):
+    """Where the LTX-2.3 checkpoint and the Gemma text encoder come from, and where they are cached."""
+
+    checkpoint: ModelUri = Field(description=(
+        "LTX-2.3 checkpoint (.safetensors): s3://bucket/key, file:///path (on the node or a mounted "
+        "volume) or https://host/path. Append #sha256=<hex> to verify it."))
+    text_encoder: ModelUri = Field(description=(
+        "Gemma text-encoder folder: s3://bucket/prefix/ (every object under it) or file:///path."))
+    credentials_secret_ref: SecretName | None = Field(default=None, description=(
+        "Secret in the operator's namespace with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally "
+        "AWS_ENDPOINT_URL and AWS_REGION for the s3:// sources; copied into each run's namespace. "
+        "Omitted: s3:// sources are read from the platform's store with its credentials."))
+    cache_volume: VolumeName | None = Field(default=None, description=(
+        "Name of the `volumes` entry that holds the model cache (a hostPath or a PVC), mounted in training "
+        "pods at " + MODEL_CACHE_MOUNT_PATH + ". Omitted: every run downloads into its scratch volume."))
+
+    def uris(self) -> tuple[str, str]:
+        return self.checkpoint, self.text_encoder
+
+    @property
+    def fetches_from_s3(self) -> bool:
+        return any(uri.startswith("s3://") for uri in self.uris())
+
+
 class TrainingProfileSpec(_ProfileModel):
     """Trainer image, GPU shape, placement, deadlines and model location of trainings."""
+
+    # The cross-field rules of `_volumes_fit` that the API server can check at `kubectl apply`.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+                 "self.volumes.exists(v, v.name == m.name))",
+         "message": "every volumeMounts[].name names an entry of volumes", "fieldPath": ".volumeMounts"},
+        {"rule": "!has(self.model) || !has(self.model.cacheVolume) || (has(self.volumes) && "
+                 "self.volumes.exists(v, v.name == self.model.cacheVolume))",
+         "message": "model.cacheVolume names no entry of volumes", "fieldPath": ".model.cacheVolume"},
+        {"rule": "!has(self.model) || (!has(self.modelPath) && !has(self.textEncoderPath))",
+         "message": "set either model (URIs) or modelPath/textEncoderPath, not both", "fieldPath": ".model"},
+    ]})
 
     image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
         default="ghcr.io/masked-iclora/trainer:0.1.0", description="Trainer image (preflight and training)."
@@ -89,12 +276,62 @@ class TrainingProfileSpec(_ProfileModel):
     )
     zero_stage: Annotated[int, Field(ge=0, le=2)] = 2
     acceleration: Acceleration = Field(default_factory=Acceleration, description="Speed levers of the step.")
+    model: ModelSource | None = Field(default=None, description=(
+        "Where the base model comes from (URIs) and the volume that caches it; replaces modelPath and "
+        "textEncoderPath."))
+    volumes: list[Volume] = Field(
+        default_factory=list, max_length=32,
+        description="Volumes added to the preflight and training pods (e.g. a read-only PVC holding the weights).",
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=32,
+        description="Mounts of `volumes` in the preflight and training containers.",
+    )
     model_path: str = Field(
         default="/models/ltx-2.3/ltx-2.3-22b.safetensors",
-        description="LTX-2.3 checkpoint (path in the image or on a mounted volume).",
+        description="Deprecated, use model.checkpoint: LTX-2.3 checkpoint as a local path in the pod.",
     )
-    text_encoder_path: str = Field(default="/models/gemma", description="Gemma text encoder folder.")
+    text_encoder_path: str = Field(
+        default="/models/gemma", description="Deprecated, use model.textEncoder: Gemma folder as a local path."
+    )
     device: Literal["cuda", "cpu"] = "cuda"
+
+    @model_validator(mode="after")
+    def _volumes_fit(self) -> TrainingProfileSpec:
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"volumes: names must be unique, got {names}")
+        if reserved := set(names) & set(RESERVED_VOLUME_NAMES):
+            raise ValueError(f"volumes: {sorted(reserved)} are the operator's own volume names")
+        paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"volumeMounts: mount paths must be unique, got {paths}")
+        for mount in self.volume_mounts:
+            if mount.name not in names:
+                raise ValueError(f"volumeMounts: {mount.name!r} names no entry of volumes")
+            path = mount.mount_path.rstrip("/") + "/"
+            for reserved_path in RESERVED_MOUNT_PATHS:
+                if path.startswith(reserved_path + "/") or (reserved_path + "/").startswith(path):
+                    raise ValueError(f"volumeMounts: {mount.mount_path} overlaps {reserved_path}, where the "
+                                     "operator mounts its own volume")
+        if self.model is not None:
+            if {"model_path", "text_encoder_path"} & self.model_fields_set:
+                raise ValueError("set either model (URIs) or modelPath/textEncoderPath, not both")
+            cache = self.model.cache_volume
+            if cache is not None and cache not in names:
+                raise ValueError(f"model.cacheVolume: {cache!r} names no entry of volumes")
+        return self
+
+    def model_uris(self) -> tuple[str, str]:
+        """(checkpoint, text encoder) as the trainer takes them: URIs, or the deprecated local paths."""
+        if self.model is not None:
+            return self.model.uris()
+        return self.model_path, self.text_encoder_path
+
+    @property
+    def cache_volume(self) -> Volume | None:
+        name = self.model.cache_volume if self.model else None
+        return next((v for v in self.volumes if v.name == name), None)
 
 
 def profile_spec_from_object(obj: dict[str, Any]) -> TrainingProfileSpec:

@@ -61,10 +61,15 @@ class TrainerSettings(SpeedLevers):
     model_config = ConfigDict(extra="forbid")
 
     model_path: str | None = Field(
-        default=None, description="LTX-2.3 checkpoint (.safetensors, config in metadata)."
+        default=None,
+        description="LTX-2.3 checkpoint (.safetensors, config in metadata): a path or s3://, file://, https:// URI.",
     )
     text_encoder_path: str | None = Field(
-        default=None, description="Gemma root folder, or a tiny text-encoder .safetensors (tests, demo)."
+        default=None,
+        description="Gemma root folder (path, file:// or s3:// prefix), or a tiny text-encoder .safetensors.",
+    )
+    model_cache_dir: str | None = Field(
+        default=None, description="Cache of fetched model sources (a node volume); None: fetched into scratch."
     )
     base_model: str = Field(default="LTX-2.3", description="Base model name written to the LoRA metadata.")
     steps: int | None = Field(

@@ -15,16 +15,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
+from iclora_api.contract import (
+    AWS_ACCESS_KEY_ID_ENV,
+    AWS_ENDPOINT_URL_ENV,
+    AWS_REGION_ENV,
+    AWS_SECRET_ACCESS_KEY_ENV,
+)
 from iclora_api.v1alpha1 import MaskedICLoraTrainingStatus
-from iclora_operator.adapters.kube import ChildConflict, NotReadyYet
+from iclora_operator.adapters.kube import ChildConflict, ChildRejected, NotReadyYet, api_message
 from iclora_operator.adapters.objectstore import ObjectStoreUnavailable
 from iclora_operator.observe import observe
 from iclora_operator.reconcile.decide import Action, Plan, decide
 from iclora_operator.reconcile.observed import JobState
 from iclora_operator.render import (
     RunContext,
+    model_store_secret,
     render_headless_service,
+    render_model_store_secret,
     render_preflight_job,
     render_store_secret,
     render_training_job,
@@ -45,6 +54,8 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
                                                 cfg.secret_key.get_secret_value()))
             kube.create(render_preflight_job(ctx))
         elif action == Action.CREATE_TRAINING:
+            if model_store_secret(ctx) == ctx.names.model_store_secret:
+                kube.create(render_model_store_secret(ctx, _model_store_credentials(memo, ctx)))
             if ctx.profile.nodes > 1:
                 kube.create(render_headless_service(ctx))
             kube.create(render_training_job(ctx, suspend=plan.create_suspended))
@@ -53,6 +64,24 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
                 kube.set_job_suspend(ctx.namespace, ctx.names.training, action == Action.SUSPEND_TRAINING, kueue)
             except NotReadyYet as exc:
                 raise RetryLater(str(exc), delay=2) from exc
+
+
+def _model_store_credentials(memo: Memo, ctx: RunContext) -> dict[str, str]:
+    """AWS_* of the profile's model store: its credentials Secret (operator's namespace) or the platform's."""
+    model = ctx.profile.model
+    ref = model.credentials_secret_ref if model else None
+    if ref is None:
+        cfg = memo.settings.store
+        return {AWS_ACCESS_KEY_ID_ENV: cfg.access_key.get_secret_value(),
+                AWS_SECRET_ACCESS_KEY_ENV: cfg.secret_key.get_secret_value(),
+                AWS_ENDPOINT_URL_ENV: cfg.endpoint, AWS_REGION_ENV: cfg.region}
+    ns = memo.settings.operator_namespace
+    data = memo.kube.secret_data(ns, ref.name)
+    if data is None:
+        # The admin's to fix; nothing is created meanwhile, and the training waits in its phase.
+        raise RetryLater(f"Secret {ns}/{ref.name} named by the TrainingProfile's model.credentialsSecretRef "
+                         "does not exist", delay=30)
+    return data
 
 
 def status_document(status: MaskedICLoraTrainingStatus) -> dict[str, Any]:
@@ -86,12 +115,17 @@ def reconcile(body: kopf.Body, memo: Memo, indexes: Indexes) -> None:
                 # The index may not show a Job another thread created a moment ago: under the
                 # namespace's lock, count running training Jobs from the API before adding one.
                 limit = memo.settings.concurrency_per_namespace
-                if limit and not obs.kueue_managed and memo.kube.running_trainings(ns, ctx.name) >= limit:
+                if (limit and not obs.kueue_managed
+                        and memo.kube.running_trainings(ns, ctx.names.training_label) >= limit):
                     plan = decide(replace(obs, slot_available=False), now, memo.settings.stale_progress_seconds)
             _act(memo, plan, ctx, obs.kueue_managed)
         except ChildConflict as exc:
             conflict = JobState(name=exc.name, owned=False)
             plan = decide(replace(obs, preflight_job=conflict, training_job=None), now)
+        except ChildRejected as exc:
+            # Terminal, decided like any other observation: Failed/ChildRejected with the API
+            # server's message, its Warning Event, and the one status write below.
+            plan = decide(replace(obs, rejected=exc.rejection), now, memo.settings.stale_progress_seconds)
         finally:
             if lock:
                 lock.release()
@@ -136,11 +170,18 @@ def reconcile_guarded(body: kopf.Body, memo: Memo, indexes: Indexes, due: float 
         log.warning("%s/%s: %s (retrying in %.0f s)", body.metadata.namespace, body.metadata.name, exc, exc.delay)
         if memo.warn_once(uid, str(exc)):
             memo.kube.post_event(body, "Warning", "Retrying", str(exc)[:EVENT_MESSAGE_MAX])
-    except Exception:
+    except Exception as exc:
         # Bad input or a bug must not stop the operator or other trainings; the ticker retries.
         memo.metrics.reconciles.labels("error").inc()
         memo.retry_later(uid, memo.settings.reconcile_interval_seconds)
         log.exception("%s/%s: reconcile failed", body.metadata.namespace, body.metadata.name)
+        # Never a silent retry loop: the training shows why it does not move (once per message).
+        if isinstance(exc, ApiException):
+            message = f"the API server answered {exc.status}: {api_message(exc)}; retrying"
+        else:
+            message = f"reconcile failed ({type(exc).__name__}: {exc}); retrying"
+        if memo.warn_once(uid, message):
+            memo.kube.post_event(body, "Warning", "ReconcileError", message[:EVENT_MESSAGE_MAX])
     finally:
         lock.release()
 

@@ -34,6 +34,7 @@ from iclora_operator.render import (
     KUEUE_QUEUE_LABEL,
     LABEL_COMPONENT,
     LABEL_TRAINING,
+    ChildNames,
     RunContext,
     StoreLocation,
 )
@@ -49,9 +50,10 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
     output = spec.output if spec is not None else None
     if output is None:
         loc = StoreLocation(cfg.endpoint, cfg.bucket, run_prefix(cfg.prefix, ns, name, uid), cfg.region)
-        return loc, default_creds, f"{name}-store"
+        return loc, default_creds, ChildNames.of(name).store_secret
     bucket, prefix = split_s3_uri(output.url)
-    secret_name = output.credentials_secret_ref.name if output.credentials_secret_ref else f"{name}-store"
+    ref = output.credentials_secret_ref
+    secret_name = ref.name if ref else ChildNames.of(name).store_secret
     data = memo.kube.secret_data(ns, secret_name) if output.credentials_secret_ref else None
     if output.credentials_secret_ref and data is None:
         raise SecretMissing(f"Secret {ns}/{secret_name} named by spec.output.credentialsSecretRef does not exist")
@@ -86,12 +88,13 @@ def _slot_available(memo: Memo, namespace: str, name: str, created: str, jobs: k
     if limit <= 0:
         return True
     running = 0
+    own_label = ChildNames.of(name).training_label
     for (ns, _job_name), objs in jobs.items():
         for obj in objs:
             labels = obj["metadata"].get("labels") or {}
             if ns != namespace or labels.get(LABEL_COMPONENT) != "training":
                 continue
-            if labels.get(LABEL_TRAINING) == name:
+            if labels.get(LABEL_TRAINING) == own_label:
                 continue
             state = job_state(obj, "")
             if not (state.complete or state.failed or state.suspended):

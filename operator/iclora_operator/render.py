@@ -7,6 +7,7 @@ testable without a cluster. Handlers only send what these functions return.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,16 +22,20 @@ from iclora_api.contract import (
     GPUS_PER_NODE_ENV,
     MASTER_ADDR_ENV,
     MASTER_PORT_ENV,
+    MODEL_CACHE_DIR_ENV,
+    MODEL_CREDENTIALS_ENV_PREFIX,
+    MODEL_PATH_ENV,
     NNODES_ENV,
     PREPARED_DIR,
     SPEC_ENV,
     TERMINATION_LOG,
     TERMINATION_LOG_ENV,
+    TEXT_ENCODER_PATH_ENV,
     TRAINER_SETTINGS_ENV,
     USER_ERROR_EXIT_CODES,
     WORK_DIR_ENV,
 )
-from iclora_api.profile import TrainingProfileSpec
+from iclora_api.profile import MODEL_CACHE_MOUNT_PATH, TrainingProfileSpec
 from iclora_api.trainer_settings import SpeedLevers, TrainerSettings
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
 
@@ -48,21 +53,78 @@ SCRATCH = "/scratch"
 _FOREIGN_PREFIXES = ("kopf.zalando.org", "kubectl.kubernetes.io", "iclora.dev/", "app.kubernetes.io/")
 
 
+# Kubernetes' limits on what the operator names (apimachinery's validation).
+DNS_LABEL_MAX = 63  # DNS-1123 and DNS-1035 labels (Service names, pod hostnames); also label values
+DNS_SUBDOMAIN_MAX = 253  # object names such as Secrets, and the training's own name
+# A Job's name is its pods' `batch.kubernetes.io/job-name` label value (<= 63), an Indexed Job's pod
+# hostnames are <job>-<index> (a DNS label) and its pods' names <job>-<index>-<5 random>; Kueue names
+# the Job's Workload job-<job>-<5 hex>, a label value under MultiKueue and ShortWorkloadNames (<= 63):
+# 63 - len("job-") - len("-xxxxx") = 53 keeps all of them within bounds for up to 64 nodes.
+TRAINING_JOB_NAME_MAX = 53
+# The preflight Job is neither Indexed nor queued by Kueue: only the job-name label bounds it.
+PREFLIGHT_JOB_NAME_MAX = DNS_LABEL_MAX
+NAME_HASH_LENGTH = 8
+
+
+def name_hash(name: str) -> str:
+    """A short, stable digest of a training's full name: what tells apart names cut to one prefix."""
+    return hashlib.sha256(name.encode()).hexdigest()[:NAME_HASH_LENGTH]
+
+
+def _child_name(name: str, suffix: str, limit: int, *, dns_label: bool = False, letter_first: bool = False) -> str:
+    """`<name>-<suffix>` when that is a valid name within `limit`; otherwise a readable prefix of the
+    name, a hash of the whole name and the suffix: `<prefix>-<hash>-<suffix>`, within `limit`.
+
+    `name` is a valid object name (a DNS subdomain: [a-z0-9.-], alphanumeric at both ends).
+    `dns_label`: no dots (hostnames, Services); `letter_first`: DNS-1035 (Services).
+    """
+    verbatim = f"{name}-{suffix}"
+    if (len(verbatim) <= limit and not (dns_label and "." in name)
+            and not (letter_first and not name[:1].isalpha())):
+        return verbatim
+    lead = "t-" if letter_first and not name[:1].isalpha() else ""
+    readable = name.replace(".", "-") if dns_label else name
+    room = limit - len(lead) - NAME_HASH_LENGTH - len(suffix) - 2
+    head = readable[:room].rstrip("-.")
+    return "-".join(part for part in (f"{lead}{head}".rstrip("-"), name_hash(name), suffix) if part)
+
+
+def label_value(value: str) -> str:
+    """A name as a label value: itself when it fits 63 characters, else a prefix and its hash."""
+    if len(value) <= DNS_LABEL_MAX:
+        return value
+    head = value[:DNS_LABEL_MAX - NAME_HASH_LENGTH - 1].rstrip("-._")
+    return f"{head}-{name_hash(value)}"
+
+
 @dataclass(frozen=True)
 class ChildNames:
+    """Names of a training's children and its label value: the one place that derives them.
+
+    Deterministic from the training's name (a DNS subdomain of up to 253 characters), unchanged
+    (`<name>-preflight`, `<name>-train`, `<name>-store`) whenever that is valid, and shortened to
+    `<prefix>-<hash of the name>-<suffix>` otherwise, so any valid training name gets valid children.
+    """
+
     preflight: str
     training: str
     service: str
     store_secret: str
+    # Credentials of the profile's s3:// model sources, copied per run (render_model_store_secret);
+    # `<name>-model-credentials`: no other training's `<name>-store` can end like it.
+    model_store_secret: str
+    # The value of the children's `iclora.dev/training` label.
+    training_label: str
 
     @classmethod
     def of(cls, name: str) -> ChildNames:
-        # Job names feed pod hostnames (<job>-<index>), which must stay within 63 characters.
         return cls(
-            preflight=f"{name}-preflight",
-            training=f"{name}-train",
-            service=f"{name}-train",
-            store_secret=f"{name}-store",
+            preflight=_child_name(name, "preflight", PREFLIGHT_JOB_NAME_MAX),
+            training=_child_name(name, "train", TRAINING_JOB_NAME_MAX, dns_label=True),
+            service=_child_name(name, "train", DNS_LABEL_MAX, dns_label=True, letter_first=True),
+            store_secret=_child_name(name, "store", DNS_SUBDOMAIN_MAX),
+            model_store_secret=_child_name(name, "model-credentials", DNS_SUBDOMAIN_MAX),
+            training_label=label_value(name),
         )
 
 
@@ -125,7 +187,7 @@ def child_labels(ctx: RunContext, component: str) -> dict[str, str]:
         "app.kubernetes.io/name": "masked-iclora",
         LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_TRAINING: ctx.name,
+        LABEL_TRAINING: ctx.names.training_label,
         LABEL_UID: ctx.uid,
     }
 
@@ -153,6 +215,45 @@ def render_store_secret(ctx: RunContext, access_key: str, secret_key: str) -> di
             AWS_REGION_ENV: ctx.store.region,
         },
     }
+
+
+def model_store_secret(ctx: RunContext) -> str | None:
+    """The Secret the training pods read the s3:// model sources' credentials from (None: no such source).
+
+    The profile's `model.credentialsSecretRef` (in the operator's namespace) is copied into
+    `ChildNames.model_store_secret`; without one, the model comes from the platform's store: its
+    per-run copy `<name>-store` when the run writes there too, else `model_store_secret` holding the
+    platform store's credentials (a run with its own `spec.output` has only its own in `<name>-store`).
+    """
+    model = ctx.profile.model
+    if model is None or not model.fetches_from_s3:
+        return None
+    if model.credentials_secret_ref is None and ctx.store_secret == ctx.names.store_secret:
+        return ctx.names.store_secret
+    return ctx.names.model_store_secret
+
+
+def render_model_store_secret(ctx: RunContext, data: dict[str, str]) -> dict[str, Any]:
+    """The model store's credentials (AWS_* keys of `data`) in the training's namespace, owned by it."""
+    keys = (AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_ENDPOINT_URL_ENV, AWS_REGION_ENV)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(ctx, ctx.names.model_store_secret, "model-store-credentials"),
+        "type": "Opaque",
+        "stringData": {k: data[k] for k in keys if data.get(k)},
+    }
+
+
+def _model_env(ctx: RunContext) -> list[dict[str, Any]]:
+    """Where the base model comes from: each source a variable of its own (runtimes that remap
+    volumes see file:// paths there), the node cache's mount and the model store's credentials."""
+    checkpoint, text_encoder = ctx.profile.model_uris()
+    env = [{"name": MODEL_PATH_ENV, "value": checkpoint}, {"name": TEXT_ENCODER_PATH_ENV, "value": text_encoder}]
+    if ctx.profile.cache_volume is not None:
+        env.append({"name": MODEL_CACHE_DIR_ENV, "value": MODEL_CACHE_MOUNT_PATH})
+    secret = model_store_secret(ctx)
+    return env + (_secret_env(secret, MODEL_CREDENTIALS_ENV_PREFIX) if secret else [])
 
 
 def _secret_env(secret: str, env_prefix: str = "") -> list[dict[str, Any]]:
@@ -190,12 +291,22 @@ def _common_env(ctx: RunContext, work_dir: str) -> list[dict[str, Any]]:
     ]
 
 
-def _volumes(ctx: RunContext, shm: bool) -> tuple[list[dict], list[dict]]:
-    volumes = [{"name": "scratch", "emptyDir": {"sizeLimit": ctx.profile.scratch_size}}]
+def _volumes(ctx: RunContext, shm: bool, model_cache: bool = False) -> tuple[list[dict], list[dict]]:
+    """The operator's volumes (scratch, /dev/shm), the profile's `volumes`/`volumeMounts` and, in
+    training pods, the profile's model cache volume at MODEL_CACHE_MOUNT_PATH."""
+    p = ctx.profile
+    volumes = [{"name": "scratch", "emptyDir": {"sizeLimit": p.scratch_size}}]
     mounts = [{"name": "scratch", "mountPath": SCRATCH}]
     if shm:
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": ctx.profile.shm_size}})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    mounts += [m.manifest() for m in p.volume_mounts]
+    cache = p.cache_volume if model_cache else None
+    if cache is not None:
+        mounts.append({"name": cache.name, "mountPath": MODEL_CACHE_MOUNT_PATH})
+    # A pod carries the profile's volumes it mounts (the preflight leaves out an unmounted cache).
+    used = {m["name"] for m in mounts}
+    volumes += [v.manifest() for v in p.volumes if v.name in used]
     return volumes, mounts
 
 
@@ -218,7 +329,7 @@ def _pod_spec(
     shm: bool,
     gpu: bool,
 ) -> dict[str, Any]:
-    volumes, mounts = _volumes(ctx, shm)
+    volumes, mounts = _volumes(ctx, shm, model_cache=gpu)
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -318,9 +429,8 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
 def trainer_settings(ctx: RunContext) -> dict[str, Any]:
     """The trainer's run settings (iclora_api.trainer_settings.TrainerSettings), derived from the profile."""
     p = ctx.profile
+    # The model's sources and cache travel as variables of their own (_model_env), not in here.
     settings = TrainerSettings(
-        model_path=p.model_path,
-        text_encoder_path=p.text_encoder_path,
         checkpoint_interval=p.checkpoint_interval,
         zero_stage=p.zero_stage,
         device=p.device,
@@ -346,6 +456,7 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
         {"name": MASTER_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
         # Pod 0 of an Indexed Job is reachable as <job>-0.<service> through the headless Service.
         {"name": MASTER_ADDR_ENV, "value": f"{names.training}-0.{names.service}" if nodes > 1 else "127.0.0.1"},
+        *_model_env(ctx),
     ]
     args = [
         "train",

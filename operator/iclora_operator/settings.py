@@ -36,6 +36,11 @@ class OperatorSettings(BaseSettings):
         default_factory=list, description="Namespaces to watch; empty watches all namespaces."
     )
     default_profile: str = Field(default="default", description="TrainingProfile used when none is named.")
+    operator_namespace: str = Field(
+        default="iclora-system",
+        description="The operator's own namespace: where the Secrets that TrainingProfiles name "
+        "(model.credentialsSecretRef) live. The chart sets it from the pod's namespace.",
+    )
     concurrency_per_namespace: int = Field(
         default=0, ge=0, description="Trainings running at once per namespace without Kueue; 0 = no limit."
     )

@@ -112,6 +112,14 @@ def profile_factory(k8s_api: Any, installed_crds: None) -> Iterator[Callable[...
         api.delete_cluster_custom_object(API_GROUP, API_VERSION, "trainingprofiles", name)
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny LTX checkpoint and text encoder (iclora_dev.tiny_model), in a folder of their own."""
+    from iclora_dev.tiny_model import create_tiny_checkpoint
+
+    return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ltx"))
+
+
 @pytest.fixture
 def trainings(k8s_api: Any, k8s_namespace: str) -> Trainings:
     return Trainings(k8s_api, k8s_namespace)

@@ -227,3 +227,43 @@ def test_a_tenant_cannot_read_another_namespaces_secrets_through_the_product(
     finally:
         _delete_cluster_rbac(k8s_api, created)
         core.delete_namespace(tenant_b)
+
+
+@pytest.mark.cluster
+def test_the_default_profiles_pods_mount_what_it_says_server_side_dry_run(local_cluster, installed_crds,
+                                                                         k8s_api, k8s_namespace):
+    """The chart's default profile, rendered into the operator's Jobs, passes the API server and mounts
+    its model cache (issue 21): the hostPath cache in training pods, at the path the trainer is told."""
+    from iclora_api.profile import MODEL_CACHE_MOUNT_PATH, profile_spec_from_object
+    from iclora_api.validation import validate_spec
+    from iclora_operator.render import (
+        RunContext,
+        StoreLocation,
+        render_preflight_job,
+        render_store_secret,
+        render_training_job,
+    )
+
+    docs = _template(local_cluster, "dp", k8s_namespace)
+    profile_doc = next(d for d in docs if d["kind"] == "TrainingProfile")
+    profile = profile_spec_from_object(profile_doc)
+    ctx = RunContext(name="t", namespace=k8s_namespace, uid=str(uuid.uuid4()), spec=validate_spec(SPEC),
+                     profile=profile, store=StoreLocation("https://s3.example.com", "iclora", "runs/x"),
+                     store_secret="t-store", labels={})
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    core.create_namespaced_secret(k8s_namespace, render_store_secret(ctx, "k", "s"), dry_run="All")
+    want = profile_doc["spec"]["volumes"][0]
+    for job, cache_mounted in ((render_training_job(ctx, suspend=False), True), (render_preflight_job(ctx), False)):
+        created = batch.create_namespaced_job(k8s_namespace, job, dry_run="All")  # the API server's validation
+        pod = created.spec.template.spec
+        volumes = {v.name: v for v in pod.volumes}
+        mounts = {m.mount_path: m.name for m in pod.containers[0].volume_mounts}
+        env = {e.name: e.value for e in pod.containers[0].env}
+        if cache_mounted:
+            assert volumes[want["name"]].host_path.path == want["hostPath"]["path"]
+            assert mounts[MODEL_CACHE_MOUNT_PATH] == want["name"]
+            assert env["ICLORA_MODEL_CACHE_DIR"] == MODEL_CACHE_MOUNT_PATH
+            assert env["ICLORA_MODEL_PATH"] == profile_doc["spec"]["model"]["checkpoint"]
+            assert env["ICLORA_TEXT_ENCODER_PATH"] == profile_doc["spec"]["model"]["textEncoder"]
+        else:
+            assert want["name"] not in volumes and MODEL_CACHE_MOUNT_PATH not in mounts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import zipfile
 
@@ -21,6 +22,10 @@ def test_demo_trains_bills_and_downloads_artifacts(run_iclora, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "phase: Succeeded" in result.stdout
     assert "billingUnits: 100" in result.stdout
+    # The weights took the real path (issue 21): named by s3:// URI, fetched into the node cache.
+    assert "[demo] uploading the tiny model: s3://" in result.stdout
+    fetched = re.search(r"\[demo\] model: (\d+) bytes downloaded, 0 from the node cache", result.stdout)
+    assert fetched and int(fetched.group(1)) > 0, result.stdout[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["triggerPhrase"] == "repl4ce"
     assert config["rank"] == 8

@@ -7,6 +7,7 @@ import base64
 
 import pytest
 
+from iclora_api.contract import Result
 from iclora_dev.demo.run import demo_manifest
 from iclora_dev.localcluster.nodes import LOCAL_RUNNER_LABEL, LOCAL_RUNNER_TOLERATION
 from iclora_dev.pytest_plugin import wait_for
@@ -16,20 +17,17 @@ pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 
 
 def _local_profile(profile_factory, tiny) -> str:
+    """The weights on a node folder (hostPath) mounted at /models and named by file:// URIs (issue 21)."""
     placement = {"nodeSelector": {LOCAL_RUNNER_LABEL: "true"}, "tolerations": [LOCAL_RUNNER_TOLERATION]}
     return profile_factory(
         device="cpu", zeroStage=0, gpusPerNode=1, checkpointInterval=50,
-        modelPath=str(tiny.model_path), textEncoderPath=str(tiny.text_encoder_path),
+        model={"checkpoint": f"file:///models/{tiny.model_path.name}",
+               "textEncoder": f"file:///models/{tiny.text_encoder_path.name}"},
+        volumes=[{"name": "weights", "hostPath": {"path": str(tiny.model_path.parent), "type": "Directory"}}],
+        volumeMounts=[{"name": "weights", "mountPath": "/models", "readOnly": True}],
         preflightNodeSelector=placement["nodeSelector"], preflightTolerations=placement["tolerations"],
         **placement,
     )
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    from iclora_dev.tiny_model import create_tiny_checkpoint
-
-    return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ltx"))
 
 
 @pytest.fixture
@@ -76,6 +74,11 @@ def test_real_preflight_and_trainer_bill_and_store_artifacts(trainings, operator
     assert arts["loraFile"].endswith(".safetensors")
     assert len(trainings.events("e2e", "Billed")) == 1
     assert obj["metadata"]["uid"] in arts["loraFile"]
+    # The weights were read in place from the hostPath volume: nothing fetched.
+    result = Result.model_validate_json(client.get_object(
+        s3_store.bucket, f"runs/{trainings.namespace}/e2e/{obj['metadata']['uid']}/result.json").read())
+    assert (result.model.downloaded_bytes, result.model.reused_bytes) == (0, 0)
+    assert result.model.local_bytes == tiny.model_path.stat().st_size + tiny.text_encoder_path.stat().st_size
 
 
 def test_real_preflight_rejects_a_bad_dataset_before_any_gpu_job(trainings, operator_factory, profile_factory,

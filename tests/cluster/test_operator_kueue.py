@@ -112,3 +112,19 @@ def test_user_suspend_holds_against_kueue_and_resume_requeues(kueue_operator, s3
     assert trainings.batch.read_namespaced_job("held-train", ns).spec.suspend is False
     wait_for(lambda: trainings.phase("held") == "Succeeded", timeout=120, what="held done")
     assert trainings.get("held")["status"]["billingUnits"] == 150
+
+
+def test_the_longest_name_is_admitted_with_a_workload_name_that_is_a_label_value(kueue_operator, s3_store):
+    """Kueue names the Workload job-<Job name>-<hash>; MultiKueue and ShortWorkloadNames use it as a label."""
+    from iclora_operator.render import ChildNames
+
+    trainings, ns = kueue_operator, kueue_operator.namespace
+    name = ("kueue.long-name-" * 16)[:253]
+    created = trainings.create(name, SPEC, labels=LABELS)
+    play_trainer(s3_store, ns, name, created["metadata"]["uid"])
+    wait_for(lambda: trainings.phase(name) == "Succeeded", timeout=120, what="admitted and done")
+    job_uid = trainings.batch.read_namespaced_job(ChildNames.of(name).training, ns).metadata.uid
+    items = trainings.api.list_namespaced_custom_object("kueue.x-k8s.io", "v1beta2", ns, "workloads")["items"]
+    (wl,) = [w for w in items if any(o["uid"] == job_uid for o in w["metadata"]["ownerReferences"])]
+    assert wl["metadata"]["name"].startswith(f"job-{ChildNames.of(name).training}-")
+    assert len(wl["metadata"]["name"]) <= 63

@@ -207,3 +207,50 @@ def test_pod_shaped_like_the_operators_jobs(k8s_api, k8s_namespace):
     terminated = done.status.container_statuses[0].state.terminated
     assert done.status.phase == "Succeeded", terminated.message
     assert terminated.message == '{"ok": true}'
+
+
+def test_hostpath_and_claim_volumes_are_folders_of_this_machine(k8s_api, k8s_namespace, tmp_path):
+    """The node is this machine: a hostPath is that folder, a bound claim its PersistentVolume's path,
+    and mount paths are rewritten in file:// URIs too (model sources, issue 21)."""
+    core = client.CoreV1Api(k8s_api)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "ltx.safetensors").write_text("weights")
+    cache = tmp_path / "node-cache"  # DirectoryOrCreate: the runner creates it
+    pv_name = f"pv-{k8s_namespace}"
+    core.create_persistent_volume({
+        "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "manual",
+                 "hostPath": {"path": str(weights)},
+                 "claimRef": {"namespace": k8s_namespace, "name": "weights"}},
+    })
+    try:
+        core.create_namespaced_persistent_volume_claim(k8s_namespace, {
+            "metadata": {"name": "weights"},
+            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "manual", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        })
+        wait_for(lambda: core.read_namespaced_persistent_volume_claim("weights", k8s_namespace).status.phase
+                 == "Bound", timeout=60, what="claim bound")
+        script = (
+            "import os, pathlib, sys\n"
+            "src = pathlib.Path(os.environ['MODEL'].removeprefix('file://'))\n"
+            "pathlib.Path(os.environ['CACHE'], 'copy').write_text(src.read_text())\n"
+            "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(os.environ['MODEL'])\n"
+        )
+        pod = _local_pod("vols", script, env=[{"name": "MODEL", "value": "file:///models/ltx.safetensors"},
+                                             {"name": "CACHE", "value": "/var/cache/iclora/models"}],
+                         volumeMounts=[{"name": "weights", "mountPath": "/models", "readOnly": True},
+                                       {"name": "cache", "mountPath": "/var/cache/iclora/models"}])
+        pod["spec"]["volumes"] = [
+            {"name": "weights", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}},
+            {"name": "cache", "hostPath": {"path": str(cache), "type": "DirectoryOrCreate"}},
+        ]
+        core.create_namespaced_pod(k8s_namespace, pod)
+        done = wait_for(lambda: _terminal(core, "vols", k8s_namespace), timeout=60, what="pod finished")
+        terminated = done.status.container_statuses[0].state.terminated
+        assert done.status.phase == "Succeeded", terminated
+        assert terminated.message == f"file://{weights}/ltx.safetensors"
+        assert (cache / "copy").read_text() == "weights"
+    finally:
+        core.delete_persistent_volume(pv_name)

@@ -127,6 +127,11 @@ def model_config_invalid(r: Run):
     return r.train(model=str(broken))
 
 
+def model_source_missing(r: Run):
+    # The profile names a model source that is not there (issue 21): the URI is in the message.
+    return r.train(model=f"file://{r.tmp}/models/ltx-2.3-missing.safetensors")
+
+
 def object_store_unavailable_training(r: Run):
     output, env = unreachable_store()
     return r.train(output=output, env=env)
@@ -179,6 +184,8 @@ SCENARIOS = [
                  marks=pytest.mark.media),
     pytest.param(ExitCode.MODEL_CONFIG_INVALID, Stage.TRAINING, model_config_invalid, "cannot read checkpoint",
                  id="MODEL_CONFIG_INVALID"),
+    pytest.param(ExitCode.MODEL_CONFIG_INVALID, Stage.TRAINING, model_source_missing,
+                 "ltx-2.3-missing.safetensors: no such file", id="MODEL_CONFIG_INVALID-missing-source"),
     pytest.param(ExitCode.OBJECT_STORE_UNAVAILABLE, Stage.TRAINING, object_store_unavailable_training,
                  "Connection refused", id="OBJECT_STORE_UNAVAILABLE-training"),
     pytest.param(ExitCode.OBJECT_STORE_UNAVAILABLE, Stage.PREFLIGHT, object_store_unavailable_preflight,

@@ -29,6 +29,10 @@ def test_train_from_and_to_s3(tmp_path, s3, tiny_checkpoint, prepared_dataset):
             s3.fput_object(
                 BUCKET, f"ns/run/prepared/{path.relative_to(prepared_dataset).as_posix()}", str(path)
             )
+    # The base model from the store too (issue 21): fetched into the cache before loading.
+    s3.fput_object(BUCKET, "ns/models/ltx-tiny.safetensors", str(tiny_checkpoint.model_path))
+    s3.fput_object(BUCKET, "ns/models/text-encoder.safetensors", str(tiny_checkpoint.text_encoder_path))
+    model_bytes = tiny_checkpoint.model_path.stat().st_size + tiny_checkpoint.text_encoder_path.stat().st_size
     spec = tmp_path / "spec.json"
     spec.write_text(
         json.dumps({"training_data_url": "s3://iclora/d.zip", "rank": 8, "trigger_phrase": "MASKEDIC"})
@@ -42,9 +46,9 @@ def test_train_from_and_to_s3(tmp_path, s3, tiny_checkpoint, prepared_dataset):
         "--output",
         f"s3://{BUCKET}/ns/run",
         "--model-path",
-        str(tiny_checkpoint.model_path),
+        f"s3://{BUCKET}/ns/models/ltx-tiny.safetensors",
         "--text-encoder-path",
-        str(tiny_checkpoint.text_encoder_path),
+        f"s3://{BUCKET}/ns/models/text-encoder.safetensors",
         "--steps",
         "4",
         "--checkpoint-interval",
@@ -72,4 +76,7 @@ def test_train_from_and_to_s3(tmp_path, s3, tiny_checkpoint, prepared_dataset):
     result = Result.model_validate_json(s3.get_object(BUCKET, "ns/run/result.json").read())
     assert result.status == "Succeeded"
     assert result.artifacts.lora_file == f"s3://{BUCKET}/ns/run/artifacts/lora.safetensors"
+    # No cache folder given: fetched into the work dir's models/ (scratch), all of it downloaded.
+    assert result.model.cache is None and result.model.downloaded_bytes == model_bytes
+    assert list((tmp_path / "work" / "models").glob("*/*/ltx-tiny.safetensors"))
     assert os.path.exists(tmp_path / "term.log")

@@ -106,6 +106,8 @@ def _train(args: argparse.Namespace) -> Any:
     from iclora_trainer.distributed import dist_env, export_torch_env
     from iclora_trainer.errors import DatasetError, SpecError
     from iclora_trainer.loop import TrainingPlan, train
+    from iclora_trainer.model.provision import provision_settings
+    from iclora_trainer.reporting import Reporter
     from iclora_trainer.storage import materialise, open_store
 
     try:
@@ -140,6 +142,13 @@ def _train(args: argparse.Namespace) -> Any:
         reference_downscale_factor=spec.reference_downscale_factor,
     )
     dist = dist_env()
+    store = open_store(args.output)
+    # The base model first (every local rank; one process per node downloads, the others wait on
+    # its lock, not on a collective): a source the profile got wrong fails before anything else.
+    notes = Reporter(store, settings.steps or plan.steps, settings.progress_interval, enabled=dist.rank == 0)
+    settings, model_fetch = provision_settings(settings, notes.note)
+    if model_fetch.downloaded_bytes or model_fetch.reused_bytes:
+        notes.note(None)  # fetched: the status stops saying so while the model loads
     work = Path(settings.work_dir) / f"rank{dist.rank}"
     settings = settings.model_copy(update={"work_dir": str(work)})
     dataset = args.dataset
@@ -158,8 +167,7 @@ def _train(args: argparse.Namespace) -> Any:
 
         export_torch_env(dist)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    store = open_store(args.output)
-    outcome = train(plan, settings, dataset_dir, store, dist)
+    outcome = train(plan, settings, dataset_dir, store, dist, model_fetch=model_fetch)
     return outcome.result
 
 

@@ -20,6 +20,7 @@ from iclora_api.contract import (
     TEXT_ENCODER_PATH_ENV,
     VIDEO_NAME,
     Artifacts,
+    ModelFetch,
     Result,
 )
 from iclora_api.trainer_settings import TrainerSettings, fingerprint
@@ -147,8 +148,12 @@ def train(
     store: Store,
     dist: DistEnv,
     stop_after: int | None = None,
+    model_fetch: ModelFetch | None = None,
 ) -> TrainOutcome:
-    """Run (or resume) the training; `stop_after` ends early after that many steps (tests of resume)."""
+    """Run (or resume) the training; `stop_after` ends early after that many steps (tests of resume).
+
+    `model_fetch` (how the base model got here, iclora_trainer.model.provision) goes into result.json.
+    """
     from iclora_trainer.model.loading import load_transformer
 
     device, dtype = resolve_device(settings, dist)
@@ -240,7 +245,7 @@ def train(
             artifacts.video = validator.render(model, store)
     engine.barrier()
     outcome.result = Result(
-        status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}"
+        status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}", model=model_fetch
     )
     reporter.result(outcome.result)
     engine.close()

@@ -51,6 +51,12 @@ class Reporter:
         self.store.put_bytes(progress.model_dump_json(by_alias=True).encode(), PROGRESS_KEY)
         return progress
 
+    def note(self, message: str | None) -> None:
+        """A progress report before the first step (e.g. while the model is fetched): step 0, `message`."""
+        if self.enabled:
+            progress = Progress(step=0, total_steps=self.total, heartbeat=now_iso(), message=message)
+            self.store.put_bytes(progress.model_dump_json(by_alias=True).encode(), PROGRESS_KEY)
+
     def result(self, result: Result) -> None:
         if self.enabled:
             self.store.put_bytes(

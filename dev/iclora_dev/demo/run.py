@@ -98,6 +98,23 @@ def _download(s3: Any, uri: str, folder: Path) -> Path:
     return target
 
 
+def _model_fetch(s3: Any, artifacts: dict[str, str]) -> Any:
+    """The run's result.json `model` (what the trainer downloaded and reused), next to its artifacts."""
+    from iclora_api.contract import RESULT_KEY, Result, split_s3_uri
+
+    lora = artifacts.get("loraFile")
+    if not lora:
+        return None
+    bucket, key = split_s3_uri(lora)
+    run = key.rsplit("/", 2)[0]  # <run prefix>/artifacts/lora.safetensors
+    response = s3.client().get_object(bucket, f"{run}/{RESULT_KEY}")
+    try:
+        return Result.model_validate_json(response.read()).model
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
@@ -134,11 +151,22 @@ def run_demo(args: argparse.Namespace) -> int:
         install_crds(api_client, [render_crd(), render_profile_crd()])
         model_dir = binaries.cache_root() / "models" / "tiny-ltx"
         tiny = create_tiny_checkpoint(model_dir)
+        # The real path of the weights (docs/admin-guide.md): uploaded once to the store, named by
+        # s3:// URI in the profile, fetched by the trainer into a node cache (a hostPath folder).
+        model = {"checkpoint": f"s3://{s3.bucket}/models/tiny-ltx/{tiny.model_path.name}",
+                 "textEncoder": f"s3://{s3.bucket}/models/tiny-text-encoder/"}
+        out(f"[demo] uploading the tiny model: {model['checkpoint']}, {model['textEncoder']}\n")
+        s3.client().fput_object(s3.bucket, f"models/tiny-ltx/{tiny.model_path.name}", str(tiny.model_path))
+        s3.client().fput_object(s3.bucket, f"models/tiny-text-encoder/{tiny.text_encoder_path.name}",
+                                str(tiny.text_encoder_path))
+        node_cache = state / "node-model-cache"
         _ensure(custom.create_cluster_custom_object, API_GROUP, API_VERSION, "trainingprofiles", {
             "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "TrainingProfile", "metadata": {"name": "default"},
             "spec": {
                 "image": "local", "gpusPerNode": 1, "nodes": 1, "device": "cpu", "zeroStage": 0,
-                "modelPath": str(tiny.model_path), "textEncoderPath": str(tiny.text_encoder_path),
+                "model": {**model, "cacheVolume": "model-cache"},
+                "volumes": [{"name": "model-cache",
+                             "hostPath": {"path": str(node_cache), "type": "DirectoryOrCreate"}}],
                 "checkpointInterval": 50,
                 "preflightResources": {"cpu": "1", "memory": "2Gi"},
                 "trainerResources": {"cpu": "1", "memory": "4Gi"},
@@ -187,6 +215,10 @@ def run_demo(args: argparse.Namespace) -> int:
             out(f"[demo] FAILED: {failure.get('reason')}: {failure.get('message')}\n")
             out(f"[demo] pod logs: {cluster.pods_dir}\n")
             return 1
+        fetch = _model_fetch(s3, status.get("artifacts") or {})
+        if fetch is not None:
+            out(f"[demo] model: {fetch.downloaded_bytes} bytes downloaded, {fetch.reused_bytes} from the node "
+                f"cache {node_cache}\n")
         folder = Path(args.output).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         for key, uri in sorted((status.get("artifacts") or {}).items()):

@@ -15,10 +15,17 @@ Per pod, under ``<pods-dir>/<namespace>/<pod>/``:
     volumes/<volume>/             emptyDir (empty), secret / configMap (their keys as files)
     work/                         default working directory
 
+A hostPath volume is that folder of this machine (the node is this machine; DirectoryOrCreate
+creates it, Directory must exist). A persistentVolumeClaim is the hostPath or local path of the
+PersistentVolume it is bound to, else one folder per claim shared by the node's pods,
+``<pods-dir>/../claims/<namespace>/<claim>/``. Other sources (image, csi, nfs, ...) are empty
+folders: the runner fetches nothing.
+
 Paths inside the pod (volume mountPaths, terminationMessagePath) are mapped like this:
 a mountPath under the system temp folder that does not exist yet becomes a real symlink to
 the volume folder; any other one is rewritten in ``command``, ``args``, ``env`` values and
-``workingDir`` wherever it appears as a path prefix (``/scratch/x`` or ``--out=/scratch/x``).
+``workingDir`` wherever it appears as a path prefix (``/scratch/x``, ``--out=/scratch/x`` or
+``file:///scratch/x``).
 There is no cluster DNS: an env value naming a peer behind the pod's headless Service
 (``<host>.<subdomain>``, as in ``MASTER_ADDR`` of an Indexed Job) becomes ``127.0.0.1``.
 Every container also gets ``ICLORA_POD_DIR``, ``ICLORA_MOUNT_<VOLUME>`` (host folder of each
@@ -101,7 +108,8 @@ class PathMap:
         self._pairs.sort(key=lambda p: len(p[0]), reverse=True)
 
     def rewrite(self, value: str) -> str:
-        for prefix in ("", *re.findall(r"^[^=/]*=", value)[:1]):
+        uri = ("file://",) if value.startswith("file:///") else ()
+        for prefix in ("", *re.findall(r"^[^=/]*=", value)[:1], *uri):
             rest = value[len(prefix) :]
             for pod_path, host in self._pairs:
                 if rest == pod_path or rest.startswith(pod_path + "/"):
@@ -194,8 +202,11 @@ class PodExecution:
         out: dict[str, Path] = {}
         core = self.runner.core
         for vol in volumes:
-            path = self.dir / "volumes" / vol.name
-            path.mkdir(parents=True, exist_ok=True)
+            path = self._node_path(vol) or self.dir / "volumes" / vol.name
+            if vol.host_path is None or vol.host_path.type in (None, "", "DirectoryOrCreate"):
+                path.mkdir(parents=True, exist_ok=True)
+            elif vol.host_path.type == "Directory" and not path.is_dir():
+                raise FileNotFoundError(f"volume {vol.name}: hostPath {path} is not a directory")
             if vol.secret is not None:
                 secret = core.read_namespaced_secret(vol.secret.secret_name, self.namespace)
                 data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
@@ -209,6 +220,22 @@ class PodExecution:
             # empty on purpose: pods here get no API access.
             out[vol.name] = path
         return out
+
+    def _node_path(self, vol: Any) -> Path | None:
+        """The folder of this machine behind a hostPath or persistentVolumeClaim volume (None: the pod's own)."""
+        if vol.host_path is not None:
+            return Path(vol.host_path.path)
+        if vol.persistent_volume_claim is None:
+            return None
+        claim = vol.persistent_volume_claim.claim_name
+        with contextlib.suppress(Exception):  # unbound, or no PV to read: a folder per claim
+            pvc = self.runner.core.read_namespaced_persistent_volume_claim(claim, self.namespace)
+            if pvc.spec.volume_name:
+                pv = self.runner.core.read_persistent_volume(pvc.spec.volume_name)
+                source = pv.spec.host_path or pv.spec.local
+                if source is not None:
+                    return Path(source.path)
+        return self.runner.pods_dir.parent / "claims" / self.namespace / claim
 
     @staticmethod
     def _write_items(path: Path, data: dict[str, bytes], items: list[Any] | None) -> None:
@@ -328,7 +355,8 @@ class PodExecution:
             if mount.name not in volumes:
                 continue
             host = volumes[mount.name] / (mount.sub_path or "")
-            host.mkdir(parents=True, exist_ok=True)
+            if not host.exists():
+                host.mkdir(parents=True, exist_ok=True)
             extra[_env_name(mount.name)] = str(host)
             if not self._link_mount(Path(mount.mount_path), host):
                 paths.add(mount.mount_path, str(host))

@@ -13,14 +13,26 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from iclora_operator.reconcile.observed import JobState
-from iclora_operator.render import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING, LABEL_UID, MANAGED_BY
+from iclora_operator.reconcile.observed import ChildRejection, JobState
+from iclora_operator.render import (
+    DNS_SUBDOMAIN_MAX,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_TRAINING,
+    LABEL_UID,
+    MANAGED_BY,
+)
 
 log = logging.getLogger(__name__)
 
 SUSPENDED_BY_USER = "iclora.dev/suspended-by-user"
 EVENT_SOURCE = "iclora-operator"
 KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta2", "workloads"
+# 4xx answers that a retry can change: 401 (the operator's own credentials), 408 (a timeout),
+# 409 (the name exists: adopted or a conflict) and 429 (throttling). Any other 4xx refuses the
+# object itself (422 invalid, 400, 403 by a quota, policy or admission webhook): retrying
+# the same object gets the same answer.
+RETRYABLE_CLIENT_ERRORS = frozenset({401, 408, 409, 429})
 
 
 class NotReadyYet(RuntimeError):
@@ -31,6 +43,28 @@ def _json(response: Any) -> dict[str, Any]:
     """The raw response as plain JSON. The client's typed models cost far more CPU and memory
     than the operator needs (it reads a few fields), which shows under a burst of resources."""
     return json.loads(response.data)
+
+
+def api_message(exc: ApiException) -> str:
+    """What the API server said (its Status message), without the response headers."""
+    try:
+        message = json.loads(exc.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or f"HTTP {exc.status}")
+
+
+def refuses_object(exc: ApiException) -> bool:
+    """Whether the API server refused the object itself (retrying it cannot succeed)."""
+    return 400 <= (exc.status or 0) < 500 and exc.status not in RETRYABLE_CLIENT_ERRORS
+
+
+class ChildRejected(RuntimeError):
+    """The API server refused to create a child (invalid, or forbidden by a quota or policy)."""
+
+    def __init__(self, rejection: ChildRejection):
+        super().__init__(f"{rejection.kind} {rejection.name}: {rejection.code} {rejection.message}")
+        self.rejection = rejection
 
 
 class ChildConflict(RuntimeError):
@@ -50,7 +84,11 @@ class Kube:
 
     # --- children ------------------------------------------------------------------------
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Create a child; an existing one carrying our uid label is adopted (idempotent retries)."""
+        """Create a child; an existing one carrying our uid label is adopted (idempotent retries).
+
+        Raises ChildConflict when the name is taken by another object, ChildRejected when the
+        API server refuses the object itself; other errors (5xx, throttling) propagate (retried).
+        """
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
@@ -62,6 +100,8 @@ class Kube:
         try:
             return _json(creators[kind](ns, manifest, _preload_content=False))
         except ApiException as exc:
+            if refuses_object(exc):
+                raise ChildRejected(ChildRejection(kind, name, int(exc.status), api_message(exc))) from exc
             if exc.status != 409:
                 raise
         existing = self.read(kind, ns, name)
@@ -119,7 +159,10 @@ class Kube:
         return (latest[1], latest[2]) if latest else (None, None)
 
     def running_trainings(self, namespace: str, except_training: str) -> int:
-        """Training Jobs of other trainings in the namespace that are neither finished nor suspended."""
+        """Training Jobs of other trainings in the namespace that are neither finished nor suspended.
+
+        `except_training` is a training's `iclora.dev/training` label value (ChildNames.training_label).
+        """
         selector = (f"{LABEL_COMPONENT}=training,{LABEL_MANAGED_BY}={MANAGED_BY},"
                     f"{LABEL_TRAINING}!={except_training}")
         jobs = _json(self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False))
@@ -146,7 +189,7 @@ class Kube:
         meta = involved["metadata"]
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
+            "metadata": {"name": _event_name(meta["name"]), "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
                                "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"],
                                "resourceVersion": meta.get("resourceVersion")},
@@ -165,6 +208,12 @@ class Kube:
         if secret is None:
             return None
         return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def _event_name(involved: str) -> str:
+    """<involved object>.<16 hex>, its name cut so that the whole stays a DNS subdomain (<= 253)."""
+    suffix = f".{secrets.token_hex(8)}"
+    return involved[:DNS_SUBDOMAIN_MAX - len(suffix)].rstrip("-.") + suffix
 
 
 def job_summary(job: Any) -> dict[str, Any]:

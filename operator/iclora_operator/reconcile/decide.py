@@ -157,6 +157,16 @@ def _fail(draft: _Draft, reason: Reason, message: str) -> None:
     draft.events.append(Event("Warning", reason.value, message))
 
 
+def _rejected(obs: Observed, draft: _Draft) -> str | None:
+    """A child the API server refused to create (terminal: the same object is refused again)."""
+    r = obs.rejected
+    if r is None:
+        return None
+    message = f"the API server refused {r.kind} {obs.namespace}/{r.name} ({r.code}): {r.message}"
+    _fail(draft, Reason.CHILD_REJECTED, message)
+    return message
+
+
 def _preflight_passed(obs: Observed) -> bool:
     if obs.preflight_report is not None:
         return obs.preflight_report.ok
@@ -183,6 +193,9 @@ def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
     # Creating a Job and then seeing it must decide the same status (one status write, not two).
     checking = "checking the dataset"
     if job is None:
+        if (refused := _rejected(obs, draft)) is not None:
+            draft.preflight = (False, Reason.CHILD_REJECTED, refused)
+            return False
         draft.actions.append(Action.CREATE_PREFLIGHT)
         draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, checking)
         return False
@@ -215,9 +228,11 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
     assert spec is not None  # checked by the caller; kept for type narrowing only
     prev = obs.status
     if job is None:
+        if (refused := _rejected(obs, draft)) is not None:
+            draft.admitted = (False, Reason.CHILD_REJECTED, refused)
+            return
         if prev.get("startTime"):
-            _fail(draft, Reason.JOB_DELETED,
-                  f"training Job {obs.name}-train was deleted by someone else; not recreating it")
+            _fail(draft, Reason.JOB_DELETED, "the training Job was deleted by someone else; not recreating it")
             return
         if spec.suspend:
             draft.set(Phase.SUSPENDED, Reason.SUSPENDED, "suspended before training")
@@ -286,6 +301,10 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
         draft.admitted = (False, why, draft.message)
         return
     _running(draft)
+    if obs.progress is not None and obs.progress.message:
+        # Before its first step the trainer says what it does (e.g. "fetching model: 12.3 of 44.0 GiB").
+        draft.message = obs.progress.message
+        draft.reconciling_reason = Reason.FETCHING_MODEL
 
 
 def _stale(obs: Observed, now: datetime, stale_after: int) -> bool:

@@ -29,6 +29,17 @@ class JobState:
 
 
 @dataclass(frozen=True)
+class ChildRejection:
+    """The API server refused to create a child for a reason a retry cannot change (a 4xx)."""
+
+    kind: str
+    name: str
+    code: int
+    # The API server's own message (e.g. `Job.batch "x" is invalid: ...`, `exceeded quota: ...`).
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     name: str
     namespace: str
@@ -50,4 +61,6 @@ class Observed:
     kueue_managed: bool = False
     # Something outside the operator must happen first (e.g. a missing Secret); not terminal.
     blocked: str | None = None
+    # A child the API server refused to create in this reconcile (terminal: ChildRejected).
+    rejected: ChildRejection | None = None
     status: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from iclora_api.profile import TrainingProfileSpec
 from iclora_api.validation import FieldError, validate_spec
 from iclora_operator.act import status_document
 from iclora_operator.reconcile.decide import Action, Plan, decide
-from iclora_operator.reconcile.observed import JobState, Observed
+from iclora_operator.reconcile.observed import ChildRejection, JobState, Observed
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 SPEC = validate_spec({"trainingDataUrl": "https://e/d.zip", "numberOfSteps": 500, "numberOfFrames": 90})
@@ -168,6 +168,20 @@ def test_progress_is_reported_and_never_goes_backwards():
     assert written(decide(older, NOW))["progress"]["step"] == 120
 
 
+def test_fetching_the_model_shows_in_the_reconciling_condition_while_the_phase_stays_training():
+    beat = NOW.isoformat()
+    fetching = Progress(step=0, totalSteps=500, heartbeat=beat, message="fetching model: 12.3 of 44.0 GiB")
+    obs = replace(BASE, preflight_report=PASSED, training_job=job(active=1), status={"startTime": "x"},
+                  progress=fetching)
+    s = written(decide(obs, NOW))
+    assert s["phase"] == "Training"
+    reconciling = next(c for c in s["conditions"] if c["type"] == "Reconciling")
+    assert (reconciling["reason"], reconciling["message"]) == ("FetchingModel", "fetching model: 12.3 of 44.0 GiB")
+    # The first step's report carries no message: back to plain training.
+    trained = replace(obs, status=s, progress=Progress(step=10, totalSteps=500, loss=0.2, heartbeat=beat))
+    assert conds(written(decide(trained, NOW)))["Reconciling"] == ("True", "Training")
+
+
 def test_stale_heartbeat_is_reported_not_terminal():
     beat = (NOW - timedelta(hours=1)).isoformat()
     obs = replace(BASE, preflight_report=PASSED, training_job=job(active=1), status={"startTime": "x"},
@@ -230,6 +244,37 @@ def test_deleted_training_job_is_reported_not_recreated():
 def test_name_conflict():
     obs = replace(BASE, preflight_job=JobState(name="t-preflight", owned=False))
     assert written(decide(obs, NOW))["failure"]["reason"] == "NameConflict"
+
+
+REFUSED = ChildRejection(kind="Job", name="t-preflight", code=422,
+                         message='Job.batch "t-preflight" is invalid: spec.template.labels: Invalid value: "-x"')
+
+
+@pytest.mark.parametrize("stage", ["preflight", "training"])
+def test_a_child_the_api_server_refuses_fails_the_training_with_its_message(stage):
+    # act.py creates the children the plan names; a refusal (422, 403 by a quota or policy, ...)
+    # is decided like an observation: Failed at once, never a retry of the same object.
+    refused = REFUSED if stage == "preflight" else replace(REFUSED, kind="Service", name="t-train", code=403,
+                                                          message='services "t-train" is forbidden: exceeded quota')
+    obs = replace(BASE, rejected=refused, **({"preflight_report": PASSED} if stage == "training" else {}))
+    plan = decide(obs, NOW)
+    assert plan.actions == ()
+    s = written(plan)
+    assert s["phase"] == "Failed"
+    assert s["failure"]["reason"] == "ChildRejected"
+    assert refused.message in s["failure"]["message"] and f"ns/{refused.name}" in s["failure"]["message"]
+    assert s["billingUnits"] == 0 and "startTime" not in s and s["completionTime"]
+    c = conds(s)
+    assert c["Stalled"] == ("True", "ChildRejected") and c["Ready"][0] == c["Reconciling"][0] == "False"
+    stalled = next(x for x in s["conditions"] if x["type"] == "Stalled")
+    assert refused.message in stalled["message"]
+    domain = "PreflightSucceeded" if stage == "preflight" else "Admitted"
+    assert c[domain] == ("False", "ChildRejected")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ChildRejected")]
+    assert refused.message in plan.events[0].message
+    # Written once, it stays: the next reconcile (no rejection observed any more) changes nothing.
+    again = decide(replace(BASE, status=s), NOW + timedelta(seconds=5))
+    assert again.actions == () and again.events == () and written(again) == s
 
 
 def test_suspend_and_resume():
@@ -306,8 +351,9 @@ def test_status_fields_that_show_reports_are_the_report_models_or_derived_from_t
     assert issubclass(contract.Artifacts, contract.ArtifactUris)
     assert v1alpha1.DatasetSummary.model_fields["skipped"].annotation == list[contract.SkippedTriplet]
     assert contract.PreflightResult.model_fields["skipped"].annotation == list[contract.SkippedTriplet]
-    # A different shape, derived (decide): the report without its heartbeat, which is shown as updatedAt.
-    shown = set(contract.Progress.model_fields) - {"heartbeat"} | {"updated_at"}
+    # A different shape, derived (decide): the report without its heartbeat, which is shown as updatedAt,
+    # and its message, which is shown as the Reconciling condition's message.
+    shown = set(contract.Progress.model_fields) - {"heartbeat", "message"} | {"updated_at"}
     assert set(v1alpha1.Progress.model_fields) == shown
     assert status["progress"].annotation == v1alpha1.Progress | None
 

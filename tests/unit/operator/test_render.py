@@ -149,13 +149,17 @@ def test_profile_places_preflight_and_training_pods_separately():
 
 
 def test_trainer_settings_are_valid_for_the_trainer():
-    from iclora_api.trainer_settings import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings, load_settings
 
     job = render_training_job(ctx(zero_stage=1, model_path="/m/ltx.safetensors"), suspend=False)
     settings = TrainerSettings.model_validate_json(env_of(job)["ICLORA_TRAINER_SETTINGS"]["value"])
     assert settings.zero_stage == 1
-    assert settings.model_path == "/m/ltx.safetensors"
-    assert env_of(job)["ICLORA_WORK_DIR"]["value"] == "/scratch/work"
+    # The model's sources are variables of their own (a runtime that remaps volumes sees them there).
+    assert settings.model_path is None
+    env = {k: e["value"] for k, e in env_of(job).items() if "value" in e}
+    effective = load_settings(None, env, json.loads(env["ICLORA_TRAINER_SETTINGS"]))
+    assert (effective.zero_stage, effective.model_path) == (1, "/m/ltx.safetensors")
+    assert effective.work_dir == "/scratch/work"
 
 
 def test_profile_speed_levers_reach_the_trainer():
@@ -196,3 +200,112 @@ def test_private_network_allowance_reaches_both_jobs_only_when_set():
         assert env_of(job)["ICLORA_ALLOW_PRIVATE_NETWORKS"]["value"] == "1"
     for job in (render_preflight_job(ctx()), render_training_job(ctx(), suspend=False)):
         assert "ICLORA_ALLOW_PRIVATE_NETWORKS" not in env_of(job)
+
+
+# --- Model provisioning: the profile's volumes, its model cache and model store (issue 21) -----------
+
+WEIGHTS_PVC = {"name": "weights", "persistent_volume_claim": {"claim_name": "ltx-weights", "read_only": True}}
+CACHE = {"name": "model-cache", "host_path": {"path": "/var/cache/iclora", "type": "DirectoryOrCreate"}}
+
+
+def _mounts(job):
+    return {m["mountPath"]: m for m in container_of(job)["volumeMounts"]}
+
+
+def _volumes(job):
+    return {v["name"]: v for v in pod_of(job)["volumes"]}
+
+
+def test_profile_volumes_and_mounts_reach_both_pods_as_written():
+    c = ctx(volumes=[WEIGHTS_PVC], volume_mounts=[{"name": "weights", "mount_path": "/models", "read_only": True}],
+            model_path="/models/ltx.safetensors", text_encoder_path="/models/gemma")
+    for job in (render_preflight_job(c), render_training_job(c, suspend=False)):
+        assert _volumes(job)["weights"] == {"name": "weights",
+                                            "persistentVolumeClaim": {"claimName": "ltx-weights", "readOnly": True}}
+        assert _mounts(job)["/models"] == {"name": "weights", "mountPath": "/models", "readOnly": True}
+        assert {"scratch"} <= set(_volumes(job))
+    env = env_of(render_training_job(c, suspend=False))
+    assert env["ICLORA_MODEL_PATH"]["value"] == "/models/ltx.safetensors"
+    assert env["ICLORA_TEXT_ENCODER_PATH"]["value"] == "/models/gemma"
+    assert "ICLORA_MODEL_CACHE_DIR" not in env
+
+
+def test_the_model_cache_volume_is_mounted_in_training_pods_only():
+    from iclora_api.profile import MODEL_CACHE_MOUNT_PATH
+
+    c = ctx(model={"checkpoint": "s3://models/ltx.safetensors", "text_encoder": "s3://models/gemma/",
+                   "cache_volume": "model-cache"}, volumes=[CACHE])
+    train = render_training_job(c, suspend=False)
+    assert _volumes(train)["model-cache"] == {
+        "name": "model-cache", "hostPath": {"path": "/var/cache/iclora", "type": "DirectoryOrCreate"}}
+    assert _mounts(train)[MODEL_CACHE_MOUNT_PATH] == {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT_PATH}
+    assert env_of(train)["ICLORA_MODEL_CACHE_DIR"]["value"] == MODEL_CACHE_MOUNT_PATH
+    assert env_of(train)["ICLORA_MODEL_PATH"]["value"] == "s3://models/ltx.safetensors"
+    # The preflight never reads the model: an unmounted cache volume stays out of its pod.
+    pre = render_preflight_job(c)
+    assert "model-cache" not in _volumes(pre) and MODEL_CACHE_MOUNT_PATH not in _mounts(pre)
+    assert "ICLORA_MODEL_PATH" not in env_of(pre)
+
+
+def test_without_a_cache_volume_the_model_goes_to_scratch():
+    c = ctx(model={"checkpoint": "https://models.example.com/ltx.safetensors", "text_encoder": "file:///m/gemma"})
+    env = env_of(render_training_job(c, suspend=False))
+    assert "ICLORA_MODEL_CACHE_DIR" not in env
+    assert not any(k.startswith("ICLORA_MODEL_AWS_") for k in env)  # no s3:// source, no credentials
+    assert set(_volumes(render_training_job(c, suspend=False))) == {"scratch", "dshm"}
+
+
+def _model_secret_of(job):
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for n, e in env_of(job).items()
+            if n.startswith("ICLORA_MODEL_AWS_")}
+    assert len(refs) == 1
+    return refs.pop()
+
+
+def test_s3_model_sources_read_the_platform_store_or_the_profiles_copied_secret():
+    from dataclasses import replace
+
+    from iclora_operator.render import model_store_secret, render_model_store_secret
+
+    s3 = {"checkpoint": "s3://models/ltx.safetensors", "text_encoder": "s3://models/gemma/"}
+    # The platform's store, and the run writes there too: its per-run copy <name>-store.
+    c = ctx(model=s3)
+    assert model_store_secret(c) == "t-store" == _model_secret_of(render_training_job(c, suspend=False))
+    # The run writes to its own store (spec.output): the platform's credentials go to <name>-model-store.
+    own = replace(c, store_secret="users-own-creds")
+    assert model_store_secret(own) == "t-model-credentials" == _model_secret_of(render_training_job(own, suspend=False))
+    # Another store: the profile's Secret (operator's namespace) copied to <name>-model-store, owned by the run.
+    other = ctx(model={**s3, "credentials_secret_ref": {"name": "models-ro"}})
+    assert model_store_secret(other) == "t-model-credentials"
+    secret = render_model_store_secret(other, {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                                               "AWS_ENDPOINT_URL": "https://minio.models:9000", "other": "x"})
+    assert secret["metadata"]["namespace"] == "team-a"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                                    "AWS_ENDPOINT_URL": "https://minio.models:9000"}
+    # file:// and https:// sources need no credentials at all.
+    assert model_store_secret(ctx(model={"checkpoint": "file:///m/ltx.safetensors",
+                                         "text_encoder": "file:///m/gemma"})) is None
+
+
+def test_the_model_store_credentials_come_from_the_operators_namespace_or_the_platform():
+    from types import SimpleNamespace
+
+    from pydantic import SecretStr
+
+    from iclora_operator.act import _model_store_credentials
+    from iclora_operator.runtime import RetryLater
+    from iclora_operator.settings import OperatorSettings, StoreSettings
+
+    secrets = {("iclora-system", "models-ro"): {"AWS_ACCESS_KEY_ID": "m", "AWS_SECRET_ACCESS_KEY": "n"}}
+    store = StoreSettings(endpoint="https://s3.platform", access_key=SecretStr("p"), secret_key=SecretStr("q"))
+    memo = SimpleNamespace(settings=OperatorSettings(store=store),
+                           kube=SimpleNamespace(secret_data=lambda ns, name: secrets.get((ns, name))))
+    s3 = {"checkpoint": "s3://models/ltx.safetensors", "text_encoder": "s3://models/gemma/"}
+    assert _model_store_credentials(memo, ctx(model={**s3, "credentials_secret_ref": {"name": "models-ro"}})) == {
+        "AWS_ACCESS_KEY_ID": "m", "AWS_SECRET_ACCESS_KEY": "n"}
+    platform = _model_store_credentials(memo, ctx(model=s3))
+    assert (platform["AWS_ACCESS_KEY_ID"], platform["AWS_ENDPOINT_URL"]) == ("p", "https://s3.platform")
+    # A Secret the admin has not created yet: nothing is created, the reconcile retries and says why.
+    with pytest.raises(RetryLater, match="iclora-system/absent named by the TrainingProfile"):
+        _model_store_credentials(memo, ctx(model={**s3, "credentials_secret_ref": {"name": "absent"}}))

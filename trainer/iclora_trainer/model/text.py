@@ -21,6 +21,8 @@ from typing import Protocol
 
 import torch
 
+from iclora_trainer.errors import ModelConfigError
+
 TINY_TEXT_KIND = "iclora-tiny-text-encoder"
 
 
@@ -115,8 +117,15 @@ class GemmaTextEncoder:
 def load_text_encoder(
     path: str | Path, checkpoint_path: str | Path, device: torch.device, dtype: torch.dtype
 ) -> TextEncoder:
-    """A tiny encoder file, or a Gemma root folder (with the LTX checkpoint's embeddings processor)."""
+    """A tiny encoder file, or a Gemma root folder (with the LTX checkpoint's embeddings processor).
+
+    A folder that holds just one tiny encoder file (a fetched s3:// prefix) is that file.
+    """
     path = Path(path)
+    if path.is_dir():
+        tiny = [p for p in path.glob("*.safetensors") if _tiny_metadata(p) is not None]
+        if len(tiny) == 1 and not any(path.rglob("model*.safetensors")):
+            path = tiny[0]
     metadata = _tiny_metadata(path)
     if metadata is not None:
         from safetensors.torch import load_file
@@ -125,7 +134,10 @@ def load_text_encoder(
         module = TinyTextEncoder(config["dim"], config["max_length"])
         module.load_state_dict(load_file(str(path)))
         return module.to(device).eval()
-    return GemmaTextEncoder(path, Path(checkpoint_path), device, dtype)
+    try:
+        return GemmaTextEncoder(path, Path(checkpoint_path), device, dtype)
+    except (FileNotFoundError, NotADirectoryError) as exc:  # not a Gemma folder: the profile names the wrong one
+        raise ModelConfigError(f"text encoder {path}: {exc}") from exc
 
 
 def encode_captions(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
