@@ -28,7 +28,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark every test with the layer its folder names (tests/<layer>/...)."""
     for item in items:
         layer = Path(item.path).resolve().relative_to(TESTS).parts[0]
-        layer = {"dataset": "media"}.get(layer, layer)  # tests/dataset moves into tests/media
         if layer not in LAYERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/<layer>/, one of {', '.join(LAYERS)}")
         item.add_marker(getattr(pytest.mark, layer))

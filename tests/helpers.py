@@ -6,19 +6,30 @@ helpers of every layer are here, each section saying which tests use it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import threading
+import time
+import zipfile
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from iclora_api.contract import Artifacts, PreflightResult, Result
 from iclora_api.profile import TrainingProfileSpec
 from iclora_api.trainer_settings import TrainerSettings
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from iclora_api.validation import validate_spec
+from iclora_dev.synthetic import CONTAINERS, encode_video
 from iclora_operator.render import RunContext, StoreLocation
 from iclora_trainer.distributed import DistEnv
 
@@ -109,6 +120,33 @@ def make_plan(steps: int = 6, rank: int = 8, lr: float = 2e-3):
     return TrainingPlan(steps=steps, rank=rank, learning_rate=lr, trigger_phrase="MASKEDIC")
 
 
+def run_and_sigterm(argv: list[str], progress: Path, at_step: int, timeout: float = 300,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run `argv`, send it SIGTERM once `progress` (a progress.json) reports `at_step` or later, and
+    wait for it to exit; returns the finished process (stdout and stderr together) and the step seen."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, cwd=REPO_ROOT)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    deadline, seen = time.monotonic() + timeout, -1
+    try:
+        while seen < at_step:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no progress to step {at_step} (exit {proc.poll()}):\n{''.join(output)[-3000:]}")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                seen = int(json.loads(progress.read_text())["step"])
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return subprocess.CompletedProcess(argv, proc.returncode, "".join(output), "".join(output)), seen
+
+
 # Small validation media (validation sampler and loop tests; the `media` fixture writes them).
 WIDTH, HEIGHT, FRAMES, FPS = 64, 64, 9, 24
 
@@ -177,3 +215,66 @@ def play_trainer(s3: Any, namespace: str, name: str, uid: str, steps: int = 150)
     result = Result(status="Succeeded", steps=steps, artifacts=Artifacts(**arts))
     put_json(s3, f"{prefix}/result.json", result.model_dump(by_alias=True, exclude_none=True))
     return arts
+
+
+# ---------------------------------------------------------------------------------------------
+# Real media files and dataset zips (media tests)
+
+CODECS = {ext: (codec, pix) for ext, codec, pix in CONTAINERS}
+
+
+def video(frames: list[np.ndarray], ext: str = "mp4", fps: int = 24) -> bytes:
+    codec, pix = CODECS[ext]
+    return encode_video(frames, ext, codec, pix, fps)
+
+
+def solid_frames(n: int, width: int, height: int, start: int = 0) -> list[np.ndarray]:
+    """Frames whose brightness encodes their index (10 levels apart), to check resampling."""
+    return [np.full((height, width, 3), min(255, (start + i) * 10), np.uint8) for i in range(n)]
+
+
+def image(mask: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(mask)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def vfr_mkv(levels_and_ms: list[tuple[int, int]], width: int = 32, height: int = 32) -> bytes:
+    """A variable-frame-rate clip: each frame's brightness and its timestamp in ms."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for level, ms in levels_and_ms:
+            f = av.VideoFrame.from_ndarray(np.full((height, width, 3), level, np.uint8), format="rgb24")
+            f.pts, f.time_base = ms, Fraction(1, 1000)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()
+
+
+def rotate_mp4(data: bytes) -> bytes:
+    """Give an mp4 a 90-degree clockwise display matrix (as phones record portrait video)."""
+    out = bytearray(data)
+    i = out.find(b"tkhd") + 4
+    version = out[i]
+    offset = i + (4 + 8 + 8 + 4 + 4 + 8 if version == 1 else 4 + 4 + 4 + 4 + 4 + 4) + 8 + 2 + 2 + 2 + 2
+    out[offset:offset + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return bytes(out)
+
+
+def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path

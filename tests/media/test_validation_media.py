@@ -16,7 +16,7 @@ import pytest
 from iclora_trainer.dataset.preflight import FitParams, prepare_dataset
 from iclora_trainer.dataset.prepared import PreparedManifest, read_clip, read_mask, write_mask
 from iclora_trainer.validation_media import load_fitted
-from tests.dataset.conftest import rotate_mp4, solid_frames, video, write_zip
+from tests.helpers import rotate_mp4, solid_frames, video, write_zip
 
 pytestmark = pytest.mark.media
 
@@ -123,6 +123,43 @@ def test_sixteen_bit_png_mask_is_scaled_not_clipped_in_both_paths(tmp_path) -> N
     assert_same(training, validation)
     mask = validation[2]
     assert mask[:, :, :30].all() and not mask[:, :, 34:].any()
+
+
+def test_alpha_only_and_ten_bit_masks_follow_the_one_mask_rule_in_both_paths(tmp_path) -> None:
+    """docs/dataset.md, Masks: an alpha-only PNG (RGB black, alpha varies: the alpha is the mask)
+    and a 10-bit video mask (scaled, not clipped: a 3% grey keeps) give the same pixels in both."""
+    import av
+    from PIL import Image
+
+    clip = video(solid_frames(12, 64, 64))
+    (tmp_path / "png").mkdir()
+    (tmp_path / "mkv").mkdir()
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[:, 32:, 3] = 255  # opaque black strokes on transparency: regenerate
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    training, validation = both_paths(tmp_path / "png", clip, clip, "mask.png", buf.getvalue(), 64, 64)
+    assert_same(training, validation)
+    assert validation[2][:, :, 32:].all() and not validation[2][:, :, :32].any()
+
+    levels = np.zeros((64, 64), np.uint16)
+    levels[:, 32:] = 65535
+    levels[:20, :20] = 2000  # 3% grey: keep
+    out = io.BytesIO()
+    with av.open(out, "w", format="matroska") as c:
+        s = c.add_stream("ffv1", rate=24)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p10le"
+        for i in range(12):
+            f = av.VideoFrame.from_ndarray(levels, format="gray16le").reformat(format="yuv420p10le")
+            f.pts = i
+            for packet in s.encode(f):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    training, validation = both_paths(tmp_path / "mkv", clip, clip, "mask.mkv", out.getvalue(), 64, 64)
+    assert_same(training, validation)
+    assert validation[2][:, :, 32:].all() and not validation[2][:, :, :32].any()
 
 
 def test_rotated_video_mask_is_fitted_upright_in_both_paths(tmp_path) -> None:

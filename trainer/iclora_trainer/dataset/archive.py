@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -36,11 +37,29 @@ def is_ignored(name: str) -> bool:
     return any(p.startswith(".") for p in parts) or parts[-1].lower() in IGNORED_NAMES
 
 
+def is_os_metadata(name: str) -> bool:
+    """What an operating system adds to an archive by itself (`__MACOSX/`, `._*`, `.DS_Store`, ...)."""
+    parts = PurePosixPath(name).parts
+    return bool(parts) and (parts[0] == "__MACOSX" or parts[-1].startswith("._")
+                            or parts[-1].lower() in IGNORED_NAMES)
+
+
+def archive_path(raw: str) -> str:
+    """An entry's path as the dataset sees it.
+
+    A backslash is a folder separator (some Windows tools write `set\\clip_start.mp4`), and
+    names are Unicode NFC (macOS writes decomposed NFD names: `cafe` + U+0301 is `café`), so
+    files pair and compare by what their names show, not by how they were encoded.
+    """
+    return unicodedata.normalize("NFC", raw.replace("\\", "/"))
+
+
 def _unsafe(name: str) -> str | None:
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    """The rule a (normalised, `archive_path`) entry path breaks, or None."""
+    if name.startswith("/"):
         return "absolute path"
-    if "\\" in name:
-        return "backslash in path"
+    if len(name) > 1 and name[1] == ":":
+        return "absolute path (drive letter)"
     if any(p == ".." for p in PurePosixPath(name).parts):
         return "path escapes the archive ('..')"
     return None
@@ -65,13 +84,14 @@ def extract_zip(zip_path: Path, dest: Path, limits: Limits | None = None) -> Ext
         if len(entries) > limits.max_entries:
             raise DatasetError(f"archive has {len(entries)} entries, more than the limit of {limits.max_entries}")
         for info in entries:
-            name = info.filename
+            # The same guards for `\\` as for `/`; a refusal names the entry as the archive spells it.
+            raw, name = info.filename, archive_path(info.filename)
             problem = _unsafe(name)
             if problem:
-                raise DatasetError(f"{name}: refused ({problem})")
+                raise DatasetError(f"{raw}: refused ({problem})")
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise DatasetError(f"{name}: refused (symbolic link)")
-            if info.is_dir():
+                raise DatasetError(f"{raw}: refused (symbolic link)")
+            if info.is_dir() or name.endswith("/"):
                 continue
             if is_ignored(name):
                 out.ignored.append(name)
@@ -84,14 +104,14 @@ def extract_zip(zip_path: Path, dest: Path, limits: Limits | None = None) -> Ext
                                    f"exceeds {limits.max_ratio:.0f}:1 (zip bomb?)")
             base = PurePosixPath(name).name
             if base.lower() in seen:
-                raise DatasetError(f"file names must be unique across the archive: {seen[base.lower()]} and {name}")
-            seen[base.lower()] = name
+                raise DatasetError(f"file names must be unique across the archive: {seen[base.lower()]} and {raw}")
+            seen[base.lower()] = raw
             target = (dest / name).resolve()
             if dest not in target.parents:
-                raise DatasetError(f"{name}: refused (path escapes the archive)")
-            target.parent.mkdir(parents=True, exist_ok=True)
+                raise DatasetError(f"{raw}: refused (path escapes the archive)")
             written = 0
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, open(target, "wb") as dst:
                     # Count real bytes: sizes in the header are the archive's claim, not a fact.
                     while chunk := src.read(CHUNK):
@@ -102,6 +122,9 @@ def extract_zip(zip_path: Path, dest: Path, limits: Limits | None = None) -> Ext
                         dst.write(chunk)
             except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                 raise DatasetError(f"{name}: corrupt archive entry ({exc})") from exc
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                # A file and a folder of the same name (`set` and `set\\x`): the archive's fault, named.
+                raise DatasetError(f"{raw}: cannot be extracted: a file and a folder share its path") from exc
             total += written
             out.files[name] = target
     return out

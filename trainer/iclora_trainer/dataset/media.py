@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from iclora_trainer.dataset import diagnose
 from iclora_trainer.dataset.triplets import IMAGE_EXTENSIONS
 from iclora_trainer.errors import DatasetError
-
-# 16-bit grayscale (PNG opens as I;16 in recent Pillow, as I in older ones): scaled to 8 bits.
-_WIDE_GRAY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,7 @@ class ClipInfo:
     height: int
     rotation: int  # counter-clockwise degrees to apply for display
     duration: float  # seconds from the first frame to the end of the last one
+    damage: str | None = None  # "is cut off (truncated): ..." when the frames present are decoded from a cut file
 
     def frames_at(self, fps: int) -> int:
         """Frames a resampling at `fps` yields without stretching time."""
@@ -45,17 +44,36 @@ def _open(path: Path, label: str):
     try:
         return av.open(str(path))
     except (av.FFmpegError, OSError) as exc:
-        raise DatasetError(f"{label}: cannot be decoded as video ({exc})") from exc
+        raise DatasetError(f"{label}: {diagnose.unreadable_video(path, exc)}") from exc
+
+
+def _video_stream(container, path: Path, label: str):
+    """The first video stream, or a DatasetError saying why there is none or it cannot be decoded."""
+    if not container.streams.video:
+        damage = diagnose.cut_off(path, need_index=True)
+        if damage:
+            raise DatasetError(f"{label}: {damage}")
+        others = sorted({s.type for s in container.streams})
+        only = f" (it has only {' and '.join(others)})" if others else ""
+        raise DatasetError(f"{label}: has no video stream{only}")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        name = diagnose.codec_name(path)
+        raise DatasetError(f"{label}: uses a video codec this FFmpeg cannot decode"
+                           f"{f' ({name!r})' if name else ''}; re-encode it (for example as H.264 in an .mp4)")
+    return stream
 
 
 def probe(path: Path, label: str) -> ClipInfo:
-    """Geometry and duration from the packets (cheap: only the first frame is decoded)."""
+    """Geometry and duration from the packets (cheap: only the first frame is decoded).
+
+    Every FFmpeg failure becomes a DatasetError naming the file and the problem in the
+    user's terms (`diagnose`): cut off, not a video, no video stream, unsupported codec.
+    """
     import av
 
     with _open(path, label) as container:
-        if not container.streams.video:
-            raise DatasetError(f"{label}: has no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path, label)
         tb = float(stream.time_base)
         rate = float(stream.average_rate or stream.guessed_rate or 24)
         starts, ends = [], []
@@ -66,17 +84,24 @@ def probe(path: Path, label: str) -> ClipInfo:
                 start = packet.pts * tb
                 starts.append(start)
                 ends.append(start + (packet.duration * tb if packet.duration else 1.0 / rate))
+        except av.FFmpegError as exc:
+            raise DatasetError(f"{label}: {diagnose.undecodable_video(path, exc, 0, None)}") from exc
+        if not starts:
+            raise DatasetError(f"{label}: {diagnose.cut_off(path) or 'contains no video frames'}; "
+                               "no frame could be decoded")
+        try:
             container.seek(0)
             first = next(container.decode(stream), None)
         except av.FFmpegError as exc:
-            raise DatasetError(f"{label}: corrupt video ({exc})") from exc
-        if first is None or not starts:
-            raise DatasetError(f"{label}: contains no frames")
+            raise DatasetError(f"{label}: {diagnose.undecodable_video(path, exc, 0, None)}") from exc
+        if first is None:
+            raise DatasetError(f"{label}: {diagnose.cut_off(path) or 'is damaged'}; no frame could be decoded")
         rotation = round(getattr(first, "rotation", 0) or 0) % 360
         width, height = first.width, first.height
     if rotation in (90, 270):
         width, height = height, width
-    return ClipInfo(width=width, height=height, rotation=rotation, duration=max(ends) - min(starts))
+    return ClipInfo(width=width, height=height, rotation=rotation, duration=max(ends) - min(starts),
+                    damage=diagnose.cut_off(path))
 
 
 def rate_times(fps: float, count: int) -> list[float]:
@@ -95,25 +120,45 @@ def sample_times(info: ClipInfo, fps: float, count: int, stretch: bool) -> list[
     return [k * info.duration / count for k in range(count)]
 
 
-def iter_sampled(path: Path, times: Sequence[float], label: str) -> Iterator[object]:
+def _decoded(container, stream, alpha: bool) -> Iterator[object]:
+    """The frames of `stream`. With `alpha`, VP9 that carries alpha (WebM `alpha_mode` 1, the
+    alpha in Matroska BlockAdditions) is decoded by libvpx: FFmpeg's own VP9 decoder drops it."""
+    import av
+
+    if alpha and stream.codec_context.name == "vp9" and str(stream.metadata.get("alpha_mode", "")) == "1":
+        try:
+            decoder = av.CodecContext.create("libvpx-vp9", "r")
+        except (av.FFmpegError, ValueError):
+            decoder = None  # an FFmpeg without libvpx: the colour alone is used (docs/dataset.md)
+        if decoder is not None:
+            for packet in container.demux(stream):  # the last, empty packet flushes the decoder
+                yield from decoder.decode(packet)
+            return
+    yield from container.decode(stream)
+
+
+def iter_sampled(path: Path, times: Sequence[float], label: str, alpha: bool = False) -> Iterator[object]:
     """Yield, for each time, the frame shown at that time (variable frame rates included).
 
     Past the last frame, the last frame is held (how a shorter video mask is extended).
+    `alpha`: keep an alpha channel FFmpeg's default decoder would drop (masks; `_decoded`).
     """
     import av
 
     with _open(path, label) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path, label)
         stream.thread_type = "AUTO"
         tb = float(stream.time_base)
         origin = None
         current = None
-        i = 0
+        i = decoded = 0
+        rel = 0.0
         try:
-            for frame in container.decode(stream):
+            for frame in _decoded(container, stream, alpha):
                 t = (frame.pts if frame.pts is not None else 0) * tb
                 origin = t if origin is None else origin
                 rel = t - origin
+                decoded += 1
                 # 2 ms of slack: containers store timestamps rounded (WebM/Matroska to milliseconds).
                 while i < len(times) and current is not None and rel > times[i] + 0.002:
                     yield current
@@ -122,9 +167,9 @@ def iter_sampled(path: Path, times: Sequence[float], label: str) -> Iterator[obj
                     return
                 current = frame
         except av.FFmpegError as exc:
-            raise DatasetError(f"{label}: corrupt video ({exc})") from exc
+            raise DatasetError(f"{label}: {diagnose.undecodable_video(path, exc, decoded, rel)}") from exc
         if current is None:
-            raise DatasetError(f"{label}: contains no frames")
+            raise DatasetError(f"{label}: {diagnose.cut_off(path) or 'is damaged'}; no frame could be decoded")
         while i < len(times):
             yield current
             i += 1
@@ -152,27 +197,92 @@ def fit_frame(frame: object, info: ClipInfo, target_w: int, target_h: int, fmt: 
     return np.ascontiguousarray(center_crop(arr, target_w, target_h))
 
 
+# Masks: every source is brought to 8-bit levels (0..255) by SCALING, never by clipping, then
+# one threshold: level > MASK_THRESHOLD = regenerate (WHITE), else keep. The rules (docs/dataset.md):
+MASK_THRESHOLD = 127
+# Alpha: a visible colour uniform within this many levels carries no luminance, so the alpha is the mask.
+ALPHA_ONLY_SPREAD = 16
+_I32_MAX = 2**31 - 1
+
+
+def _scaled(values: np.ndarray, full_scale: float) -> np.ndarray:
+    """Levels 0..255 of `values` on a 0..full_scale range (rounded; out of range clipped)."""
+    return np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def _wide_levels(values: np.ndarray, floating: bool) -> np.ndarray:
+    """Levels of 32-bit integer (mode I) or float (mode F) samples, by their range.
+
+    I: 16-bit scale when every value is <= 65535 (Pillow opens 16-bit PNG and TIFF as I in some
+    versions), else the int32 range. F: 0..1 when every value is <= 1 (the float convention),
+    else 0..255, else 0..65535, else the int32 range. Negative values and NaN are 0.
+    """
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=float(_I32_MAX), neginf=0.0)
+    top = float(values.max(initial=0.0))
+    for full_scale in ((1.0, 255.0) if floating else ()) + (65535.0,):
+        if top <= full_scale:
+            return _scaled(values, full_scale)
+    return _scaled(values, _I32_MAX)
+
+
+def apply_alpha(luminance: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Levels of a mask with an alpha channel (both uint8).
+
+    Opaque everywhere (or no alpha): the luminance. Alpha-only (the visible pixels share one
+    colour, within ALPHA_ONLY_SPREAD levels, and alpha varies): the alpha is the mask, opaque =
+    regenerate. Otherwise alpha multiplies luminance: transparent = keep, semi-transparent white
+    regenerates only when luminance x alpha / 255 > 127.
+    """
+    if alpha is None or int(alpha.min(initial=255)) == 255:
+        return luminance
+    visible = luminance[alpha > 0]
+    if visible.size and int(visible.max()) - int(visible.min()) <= ALPHA_ONLY_SPREAD:
+        return alpha
+    return ((luminance.astype(np.uint32) * alpha + 127) // 255).astype(np.uint8)
+
+
+def image_mask_levels(img) -> np.ndarray:
+    """(H, W) uint8 levels 0..255 of a mask image in any Pillow mode (EXIF orientation not applied).
+
+    1-bit, L, P (palette), RGB, CMYK, YCbCr: luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B).
+    I;16*: 16-bit scaled (/257). I and F: by their range (`_wide_levels`). LA, RGBA, PA and
+    palette or grey images with a transparent colour: `apply_alpha`.
+    """
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return _scaled(np.asarray(img).astype(np.float64), 65535.0)
+    if mode in ("I", "F"):
+        return _wide_levels(np.asarray(img), floating=mode == "F")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"))
+        return apply_alpha(np.asarray(rgba.convert("RGB").convert("L")), alpha)
+    if mode == "LAB":
+        return np.asarray(img.getchannel("L"))  # lightness, already 0..255
+    if mode == "L":
+        return np.asarray(img)
+    try:
+        return np.asarray(img.convert("RGB").convert("L"))
+    except ValueError as exc:
+        raise ValueError(f"image mode {mode} is not supported for masks") from exc
+
+
 def load_image_mask(path: Path, target_w: int, target_h: int, label: str) -> np.ndarray:
-    """A (H, W) bool mask from a grayscale, RGB or RGBA image; True (white) = regenerate."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """A (H, W) bool mask from an image in any mode (`image_mask_levels`); True (> 127) = regenerate."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
-            if img.mode in _WIDE_GRAY_MODES:
-                # Pillow's I;16 -> L conversion clips (300 of 65535 would read as white): scale instead.
-                wide = np.asarray(img, dtype=np.int64)
-                img = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
-            if img.mode in ("RGBA", "LA", "P", "PA"):
-                rgba = img.convert("RGBA")
-                # Transparent pixels count as black (kept): composite onto black first.
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            gray = img.convert("L")
+            gray = Image.fromarray(image_mask_levels(img), "L")
             sw, sh = fill_size(gray.width, gray.height, target_w, target_h)
             arr = np.asarray(gray.resize((sw, sh), Image.Resampling.BILINEAR))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(f"{label}: cannot be read as an image ({exc})") from exc
-    return center_crop(arr, target_w, target_h) > 127
+    except ValueError as exc:  # an image mode with no meaning as a mask
+        raise DatasetError(f"{label}: cannot be used as a mask ({exc})") from exc
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        # Pillow reports a broken PNG chunk as SyntaxError and a cut-off file as OSError.
+        raise DatasetError(f"{label}: {diagnose.unreadable_image(path, exc)}") from exc
+    return center_crop(arr, target_w, target_h) > MASK_THRESHOLD
 
 
 def is_image(path: Path) -> bool:
@@ -190,21 +300,33 @@ def iter_fitted(path: Path, info: ClipInfo, times: Sequence[float], target_w: in
         yield fit_frame(frame, info, target_w, target_h, fmt)
 
 
+def _has_alpha(frame) -> bool:
+    fmt = frame.format
+    return fmt.has_palette or any(c.is_alpha for c in fmt.components)
+
+
 def iter_fitted_mask(path: Path, times: Sequence[float], target_w: int, target_h: int,
-                     label: str) -> Iterator[np.ndarray]:
-    """(H, W) bool per time, True (white, gray > 127) = regenerate.
+                     label: str, info: ClipInfo | None = None) -> Iterator[np.ndarray]:
+    """(H, W) bool per time, True (WHITE, level > 127) = regenerate.
 
     An image mask (EXIF orientation applied) holds for every time; a video mask is sampled at
-    `times` (the clip it masks: shorter -> its last frame is held, longer -> trimmed).
+    `times` (the clip it masks: shorter -> its last frame is held, longer -> trimmed). A video
+    frame of any pixel format and bit depth is brought to 8-bit grey by libswscale (which
+    scales bit depths and expands limited-range YUV); a frame with alpha (yuva*, rgba, argb,
+    pal8 ...) goes through `apply_alpha`, the rule of image masks. `info`: the video's `probe`,
+    when the caller has it already.
     """
     if is_image(path):
         mask = load_image_mask(path, target_w, target_h, label)
         for _ in times:
             yield mask
         return
-    info = probe(path, label)
-    for gray in iter_fitted(path, info, times, target_w, target_h, label, fmt="gray"):
-        yield gray > 127
+    info = info or probe(path, label)
+    for frame in iter_sampled(path, times, label, alpha=True):
+        gray = fit_frame(frame, info, target_w, target_h, "gray")
+        if _has_alpha(frame):
+            gray = apply_alpha(gray, fit_frame(frame, info, target_w, target_h, "rgba")[..., 3])
+        yield gray > MASK_THRESHOLD
 
 
 def fit_video(path: Path, target_w: int, target_h: int, frames: int, fps: float, label: str,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from iclora_trainer.dataset.archive import Limits, extract_zip
+from iclora_trainer.dataset.archive import Limits, extract_zip, is_os_metadata
 from iclora_trainer.dataset.captions import final_caption
-from iclora_trainer.dataset.media import iter_fitted, iter_fitted_mask, probe, sample_times
+from iclora_trainer.dataset.media import ClipInfo, is_image, iter_fitted, iter_fitted_mask, probe, sample_times
 from iclora_trainer.dataset.prepared import (
     PreparedManifest,
     PreparedTriplet,
@@ -53,6 +53,9 @@ class DatasetReport:
     triplets: list[dict[str, str]] = field(default_factory=list)  # name, status, reason
     errors: list[dict[str, str]] = field(default_factory=list)  # name, message
     ignored: list[str] = field(default_factory=list)
+    # Named, with the reason, and never silently: files that pair with nothing, unknown names,
+    # hidden files, cut-off clips whose frames present are used.
+    warnings: list[dict[str, str]] = field(default_factory=list)  # name, message
     manifest: PreparedManifest | None = None
 
     @property
@@ -65,7 +68,7 @@ class DatasetReport:
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "usable": self.usable, "triplets": self.triplets, "errors": self.errors,
-                "ignored": self.ignored}
+                "ignored": self.ignored, "warnings": self.warnings}
 
     def raise_for_status(self) -> None:
         if self.errors:
@@ -79,18 +82,41 @@ class Skip(Exception):
     """A triplet that is valid but cannot be used (too short, nothing to regenerate)."""
 
 
-def fit_triplet(triplet: Triplet, params: FitParams, root: Path) -> PreparedTriplet:
-    """Write one fitted triplet under `root`; raise Skip or DatasetError."""
+def _check_cut_off(info: ClipInfo, label: str, have: str, need: str, enough: bool,
+                   warnings: list[dict[str, str]]) -> None:
+    """A cut-off clip is used only when the frames present are enough (never stretched or held
+    to make up for the missing part); either way the report names it."""
+    if not info.damage:
+        return
+    if not enough:
+        raise DatasetError(f"{label}: {info.damage}; {have} remain, {need} needed")
+    warnings.append({"name": label, "message": f"{label}: {info.damage}; {have} remain, enough for the "
+                                               f"{need} used"})
+
+
+def fit_triplet(triplet: Triplet, params: FitParams, root: Path,
+                warnings: list[dict[str, str]] | None = None) -> PreparedTriplet:
+    """Write one fitted triplet under `root`; raise Skip or DatasetError (`warnings` collects
+    what the report should name without rejecting the triplet)."""
+    warnings = [] if warnings is None else warnings
     src = triplet.sources
     ref_info = probe(triplet.reference, src["reference"])
     tgt_info = probe(triplet.target, src["target"])
     n, fps = params.number_of_frames, params.frame_rate
+    for role, info in (("reference", ref_info), ("target", tgt_info)):
+        have = info.frames_at(fps)
+        _check_cut_off(info, src[role], f"{have} frames at {fps} fps", f"{n}", have >= n, warnings)
     ref_n, tgt_n = ref_info.frames_at(fps), tgt_info.frames_at(fps)
     if min(ref_n, tgt_n) < n and not params.auto_scale_input:
         raise Skip(f"too short: reference has {ref_n} and target {tgt_n} frames at {fps} fps, {n} needed "
                    "(turn on autoScaleInput to resample shorter clips)")
     paths = triplet_paths(triplet.name)
     target_times = sample_times(tgt_info, fps, n, params.auto_scale_input)
+    mask_info = None
+    if not is_image(triplet.mask):  # a cut-off mask video would hold its last frame over the missing part
+        mask_info = probe(triplet.mask, src["mask"])
+        _check_cut_off(mask_info, src["mask"], f"{mask_info.duration:.2f} s", f"{target_times[-1]:.2f} s",
+                       mask_info.duration > target_times[-1], warnings)
     mask_path = root / paths["mask"]
     white = [False]
 
@@ -100,7 +126,7 @@ def fit_triplet(triplet: Triplet, params: FitParams, root: Path) -> PreparedTrip
             yield m
 
     # A video mask follows the target's timeline: shorter -> its last frame is held, longer -> trimmed.
-    masks = iter_fitted_mask(triplet.mask, target_times, params.width, params.height, src["mask"])
+    masks = iter_fitted_mask(triplet.mask, target_times, params.width, params.height, src["mask"], mask_info)
     write_mask(mask_path, tracked(masks), fps)
     if not white[0]:
         shutil.rmtree(mask_path.parent, ignore_errors=True)
@@ -131,6 +157,10 @@ def prepare_dataset(zip_path: Path, params: FitParams, out_dir: Path, work_dir: 
             return report
         matching = match_triplets(extracted.files)
         report.ignored = sorted(extracted.ignored + matching.unknown)
+        report.warnings.extend(matching.notes)
+        report.warnings.extend({"name": n, "message": f"{n}: in a hidden file or folder (its name starts with "
+                                                      "'.'); ignored"}
+                               for n in sorted(extracted.ignored) if not is_os_metadata(n))
         report.errors.extend(matching.errors)
         if report.errors:
             return report
@@ -139,7 +169,7 @@ def prepare_dataset(zip_path: Path, params: FitParams, out_dir: Path, work_dir: 
         skipped: list[SkippedTriplet] = []
         for triplet in matching.triplets:
             try:
-                prepared.append(fit_triplet(triplet, params, out_dir))
+                prepared.append(fit_triplet(triplet, params, out_dir, report.warnings))
                 report.triplets.append({"name": triplet.name, "status": "usable", "reason": ""})
             except Skip as exc:
                 skipped.append(SkippedTriplet(name=triplet.name, reason=str(exc)))
@@ -147,6 +177,8 @@ def prepare_dataset(zip_path: Path, params: FitParams, out_dir: Path, work_dir: 
             except DatasetError as exc:
                 report.errors.append({"name": triplet.name, "message": str(exc)})
             log.info("triplet %s: %s", triplet.name, report.triplets[-1]["status"] if report.triplets else "error")
+        for warning in report.warnings:
+            log.warning("%s", warning["message"])
         if report.ok:
             report.manifest = PreparedManifest(
                 width=params.width, height=params.height, number_of_frames=params.number_of_frames,

@@ -14,7 +14,7 @@ from iclora_trainer.dataset.archive import Limits, extract_zip
 from iclora_trainer.dataset.preflight import FitParams, prepare_dataset
 from iclora_trainer.dataset.triplets import match_triplets
 from iclora_trainer.errors import DatasetError
-from tests.dataset.conftest import image, solid_frames, video, write_zip
+from tests.helpers import image, solid_frames, video, write_zip
 
 
 def _tree(root: Path) -> set[str]:
@@ -45,7 +45,14 @@ def raw_zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> P
     ("a/../../evil_start.mp4", "'..'"),
     ("/etc/evil_start.mp4", "absolute path"),
     ("C:/evil_start.mp4", "absolute path"),
-    ("dir\\..\\evil.mp4", "backslash"),
+    # A backslash is a folder separator (Windows tools), then the same guards as for '/'.
+    ("dir\\..\\evil.mp4", "'..'"),
+    ("..\\..\\evil_start.mp4", "'..'"),
+    ("set\\..\\..\\evil_start.mp4", "'..'"),
+    ("C:\\evil_start.mp4", "absolute path"),
+    ("c:evil_start.mp4", "absolute path"),
+    ("\\evil_start.mp4", "absolute path"),
+    ("\\\\server\\share\\evil_start.mp4", "absolute path"),
 ])
 def test_path_traversal_is_refused(sandbox, name, rule):
     tmp, work = sandbox

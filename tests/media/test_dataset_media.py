@@ -7,7 +7,7 @@ import pytest
 
 from iclora_trainer.dataset.preflight import FitParams, prepare_dataset
 from iclora_trainer.dataset.prepared import PreparedManifest, read_clip, read_mask
-from tests.dataset.conftest import image, rotate_mp4, solid_frames, vfr_mkv, video, write_zip
+from tests.helpers import image, rotate_mp4, solid_frames, vfr_mkv, video, write_zip
 
 pytestmark = pytest.mark.media
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iclora_dev.synthetic import write_dataset_zip
-from tests.dataset.conftest import image, solid_frames, video, write_zip
+from tests.helpers import image, solid_frames, video, write_zip
 
 pytestmark = pytest.mark.media
 
@@ -23,7 +23,7 @@ def test_check_accepts_a_good_dataset(run_iclora, good_zip):
                         "--aspect-ratio", "16:9")
     assert result.returncode == 0, result.stderr
     out = result.json()
-    assert out == {"ok": True, "usable": 3, "errors": [], "ignored": [],
+    assert out == {"ok": True, "usable": 3, "errors": [], "ignored": [], "warnings": [],
                    "triplets": [{"name": f"sample0{i}", "status": "usable", "reason": ""} for i in (1, 2, 3)]}
 
 
@@ -48,6 +48,9 @@ def test_check_reports_errors_and_ignored_files(run_iclora, tmp_path):
     out = result.json()
     assert out["errors"][0]["name"] == "b" and "incomplete triplet" in out["errors"][0]["message"]
     assert out["ignored"] == ["__MACOSX/._a_end.mp4", "readme.md"]
+    # A file used by no triplet is named with the reason; macOS metadata is only listed.
+    assert [w["name"] for w in out["warnings"]] == ["readme.md"]
+    assert "not part of a triplet" in out["warnings"][0]["message"]
 
 
 def test_check_exit_codes_for_bad_archives_and_usage(run_iclora, tmp_path):
