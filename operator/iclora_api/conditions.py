@@ -67,6 +67,16 @@ class Reason(StrEnum):
     CHILD_REJECTED = "ChildRejected"
     """Stalled: the API server refused a child (Job, Secret, Service): invalid, or forbidden by a
     quota, policy or admission webhook; the message is the API server's answer."""
+    # Pods that do not start: Reconciling while they wait, Stalled after the profile's
+    # podStartTimeoutSeconds (the pod's Job is then deleted). The message is the scheduler's or kubelet's.
+    UNSCHEDULABLE = "Unschedulable"
+    """Reconciling, then Stalled: no node fits the pod (node selector, taints, GPUs, quota of a node)."""
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    """Reconciling, then Stalled: the trainer image cannot be pulled (ErrImagePull, ImagePullBackOff,
+    InvalidImageName): a wrong image, or imagePullSecrets missing."""
+    POD_NOT_STARTING = "PodNotStarting"
+    """Reconciling, then Stalled: a container waits for another reason (CreateContainerConfigError:
+    a missing Secret or ConfigMap, CreateContainerError, ...)."""
     # Progress reasons.
     VALIDATING = "Validating"
     """Reconciling: the operator has seen the resource and is checking it."""

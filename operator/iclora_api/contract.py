@@ -83,6 +83,10 @@ class ExitCode(IntEnum):
     OBJECT_STORE_UNAVAILABLE = 20
     CHECKPOINT_FAILED = 21
     INTERNAL_ERROR = 22
+    # SIGTERM (suspend, Kueue preemption, spot reclaim, node drain, pod deletion): the trainer
+    # finished its step, wrote a checkpoint there and stopped. Not a failure: the Job ignores it
+    # (podFailurePolicy Ignore, no retry counted) and the next pod resumes from that checkpoint.
+    PREEMPTED = 23
 
     @property
     def is_user_error(self) -> bool:
@@ -90,6 +94,8 @@ class ExitCode(IntEnum):
 
 
 USER_ERROR_EXIT_CODES = tuple(code.value for code in ExitCode if code.is_user_error)
+# Exit codes of pods stopped from outside after saving their work: retried without counting.
+PREEMPTED_EXIT_CODES = (ExitCode.PREEMPTED.value,)
 
 
 class Stage(StrEnum):
@@ -111,7 +117,9 @@ EXIT_CODE_REASONS: dict[ExitCode, Reason] = {
     ExitCode.MODEL_CONFIG_INVALID: Reason.PROFILE_INVALID,
 }
 # Infrastructure and internal failures (20-29: object store, checkpoint, bug) are nothing the
-# tenant can fix: they read as the failure of the stage they happened in.
+# tenant can fix: they read as the failure of the stage they happened in. PREEMPTED too, in the
+# rare case it ends a Job (the operator prefers the Job's own reason, e.g. DeadlineExceeded: the
+# pod was stopped from outside, see iclora_operator.reconcile.failures).
 STAGE_FAILURE_REASONS: dict[Stage, Reason] = {
     Stage.PREFLIGHT: Reason.PREFLIGHT_FAILED,
     Stage.TRAINING: Reason.TRAINING_FAILED,

@@ -258,6 +258,19 @@ class TrainingProfileSpec(_ProfileModel):
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every pod.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on every pod.")
     priority_class_name: str | None = None
+    image_pull_secrets: list[SecretName] = Field(
+        default_factory=list, max_length=16,
+        description="Secrets (in each training's namespace) for pulling the trainer image from a private "
+        "registry; set on the preflight and training pods.",
+    )
+    service_account_name: Annotated[str, Field(min_length=1, max_length=253)] | None = Field(
+        default=None, description="ServiceAccount (in each training's namespace) of the preflight and "
+        "training pods; its imagePullSecrets apply too. Omitted: the namespace's `default`.",
+    )
+    pod_start_timeout_seconds: Annotated[int, Field(ge=10)] = Field(
+        default=600, description="How long a preflight or training pod may stay unscheduled or waiting "
+        "(image pull, missing Secret or ConfigMap) before the training fails with the reason.",
+    )
     preflight_resources: ComputeResources = Field(
         default_factory=lambda: ComputeResources(cpu="2", memory="4Gi")
     )
@@ -273,6 +286,12 @@ class TrainingProfileSpec(_ProfileModel):
     )
     checkpoint_interval: Annotated[int, Field(ge=1)] = Field(
         default=250, description="Steps between checkpoints written to the object store."
+    )
+    termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        default=300, description=(
+            "terminationGracePeriodSeconds of training pods: on SIGTERM (suspend, preemption, drain) the "
+            "trainer finishes its step and writes a checkpoint within it; longer than a step plus a "
+            "checkpoint upload."),
     )
     zero_stage: Annotated[int, Field(ge=0, le=2)] = 2
     acceleration: Acceleration = Field(default_factory=Acceleration, description="Speed levers of the step.")

@@ -25,7 +25,8 @@ from iclora_api.contract import (
 )
 from iclora_api.v1alpha1 import MaskedICLoraTrainingStatus
 from iclora_operator.adapters.kube import ChildConflict, ChildRejected, NotReadyYet, api_message
-from iclora_operator.adapters.objectstore import ObjectStoreUnavailable
+from iclora_operator.adapters.objectstore import Credentials, ObjectStoreUnavailable
+from iclora_operator.ledger import billing_record, write_once
 from iclora_operator.observe import observe
 from iclora_operator.reconcile.decide import Action, Plan, decide
 from iclora_operator.reconcile.observed import JobState
@@ -38,7 +39,7 @@ from iclora_operator.render import (
     render_store_secret,
     render_training_job,
 )
-from iclora_operator.runtime import Indexes, Memo, RetryLater, observable_key, phase_of
+from iclora_operator.runtime import Indexes, Memo, RetryLater, observable_key, phase_of, waits_for_pods
 
 log = logging.getLogger(__name__)
 EVENT_MESSAGE_MAX = 1024
@@ -64,6 +65,26 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
                 kube.set_job_suspend(ctx.namespace, ctx.names.training, action == Action.SUSPEND_TRAINING, kueue)
             except NotReadyYet as exc:
                 raise RetryLater(str(exc), delay=2) from exc
+        elif action == Action.RECORD_BILLING:
+            _record_billing(memo, plan, ctx)
+        elif action in (Action.DELETE_PREFLIGHT, Action.DELETE_TRAINING):
+            job = ctx.names.preflight if action == Action.DELETE_PREFLIGHT else ctx.names.training
+            kube.delete_job(ctx.namespace, job)
+
+
+def _record_billing(memo: Memo, plan: Plan, ctx: RunContext) -> None:
+    """The ledger's record of this billed run, in the operator's bucket; kept if already there."""
+    cfg = memo.settings.store
+    creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
+                        cfg.secret_key.get_secret_value(), cfg.region)
+    record = billing_record(uid=ctx.uid, namespace=ctx.namespace, name=ctx.name,
+                            steps=ctx.spec.number_of_steps, status=plan.status)
+    try:
+        if write_once(memo.store(creds), cfg.bucket, record, cfg.ledger_prefix):
+            log.info("%s/%s: ledger record of %d billing units written", ctx.namespace, ctx.name, record.units)
+    except ObjectStoreUnavailable as exc:
+        # Not billed until recorded: the status that bills waits for the ledger.
+        raise RetryLater(f"billing ledger not writable: {exc}", delay=10) from exc
 
 
 def _model_store_credentials(memo: Memo, ctx: RunContext) -> dict[str, str]:
@@ -193,4 +214,8 @@ def tick(memo: Memo, uid: str, indexes: Indexes) -> None:
     body = memo.latest(uid)
     if body is None:
         return  # deleted meanwhile
-    reconcile_guarded(body, memo, indexes, memo.settings.quiet_tick_due(phase_of(body)), wait=False)
+    due = memo.settings.quiet_tick_due(phase_of(body))
+    if due is not None and waits_for_pods(body, indexes.jobs):
+        # A pod that does not start changes no Job: look at the pods every other tick meanwhile.
+        due = min(due, 2 * memo.settings.reconcile_interval_seconds)
+    reconcile_guarded(body, memo, indexes, due, wait=False)

@@ -79,6 +79,9 @@ def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> J
     if state.failed and state.owned:
         code, message = memo.kube.failed_pod(namespace, name)
         state = replace(state, exit_code=code, termination_message=message)
+    elif state.waits_for_pods:
+        # One pod list, only while a pod of the active Job is not ready: why does it not start?
+        state = replace(state, not_starting=memo.kube.pod_not_starting(namespace, name))
     return state
 
 

@@ -26,6 +26,7 @@ from iclora_api.contract import (
     MODEL_CREDENTIALS_ENV_PREFIX,
     MODEL_PATH_ENV,
     NNODES_ENV,
+    PREEMPTED_EXIT_CODES,
     PREPARED_DIR,
     SPEC_ENV,
     TERMINATION_LOG,
@@ -368,6 +369,10 @@ def _pod_spec(
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
     if gpu and p.priority_class_name:
         pod["priorityClassName"] = p.priority_class_name
+    if p.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in p.image_pull_secrets]
+    if p.service_account_name:
+        pod["serviceAccountName"] = p.service_account_name
     return pod
 
 
@@ -389,6 +394,12 @@ def _pod_failure_policy() -> dict[str, Any]:
             },
             # Preemption, eviction and node loss are not the run's fault: retry without counting.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # A trainer stopped by SIGTERM checkpointed its last step: the next pod resumes there.
+            {
+                "action": "Ignore",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                "values": list(PREEMPTED_EXIT_CODES)},
+            },
         ]
     }
 
@@ -468,6 +479,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
     command = list(ctx.trainer_command)
     pod = _pod_spec(ctx, command=command, args=args, env=env,
                     resources=_resources(res.cpu, res.memory, p.gpus_per_node), shm=True, gpu=True)
+    # SIGTERM -> the trainer finishes its step and checkpoints it within this (ExitCode.PREEMPTED).
+    pod["terminationGracePeriodSeconds"] = p.termination_grace_period_seconds
     if nodes > 1:
         pod["subdomain"] = names.service
     extra = {KUEUE_QUEUE_LABEL: ctx.queue_name} if ctx.queue_name else None

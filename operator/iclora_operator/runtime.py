@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import BaseModel
 
-from iclora_operator.adapters.kube import Kube
+from iclora_operator.adapters.kube import Kube, job_state
 from iclora_operator.adapters.objectstore import Credentials, ObjectStore
 from iclora_operator.metrics import Metrics
 from iclora_operator.reconcile.decide import TERMINAL_PHASES
@@ -94,6 +94,17 @@ def observable_key(body: kopf.Body, jobs: kopf.Index, status: dict[str, Any] | N
         repr(first_indexed(jobs, (ns, names.preflight))),
         repr(first_indexed(jobs, (ns, names.training))),
     )
+
+
+def waits_for_pods(body: kopf.Body, jobs: kopf.Index) -> bool:
+    """Whether a Job of the training is active with a pod not ready (which may never start)."""
+    meta = body.metadata
+    names = ChildNames.of(meta.name)
+    for child in (names.preflight, names.training):
+        obj = first_indexed(jobs, (meta.namespace, child))
+        if obj is not None and job_state(obj, meta.uid).waits_for_pods:
+            return True
+    return False
 
 
 @dataclass

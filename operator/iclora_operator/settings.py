@@ -20,6 +20,9 @@ class StoreSettings(BaseSettings):
     )
     bucket: str = "iclora"
     prefix: str = "runs"
+    ledger_prefix: str = Field(
+        default="ledger", description="Billing ledger in `bucket`: <ledger_prefix>/<YYYY-MM>/<uid>.json."
+    )
     region: str = "us-east-1"
     access_key: SecretStr = SecretStr("")
     secret_key: SecretStr = SecretStr("")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from iclora_api.contract import PREFLIGHT_KEY, RESULT_KEY, ExitCode, Stage
+from iclora_api.contract import PREFLIGHT_KEY, PROGRESS_KEY, RESULT_KEY, ExitCode, Stage
 from iclora_operator.reconcile.failures import classify_failure
 from iclora_operator.reconcile.observed import JobState
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, CliResult, iclora_executable, run_and_sigterm
 
 pytestmark = pytest.mark.trainer
 
@@ -61,16 +61,21 @@ class Run:
         return self.tmp / "term.log"
 
     def train(self, *extra: str, spec: dict | None = None, model: str | None = None, output: str | None = None,
-              env: dict[str, str] | None = None):
+              env: dict[str, str] | None = None, sigterm_at: int | None = None):
         path = self.tmp / "spec.json"
         path.write_text(json.dumps({"training_data_url": "https://example.com/d.zip", "rank": 8, **(spec or {})}))
         tiny = self.fixture("tiny_checkpoint")
-        return self.run_iclora(
+        args = (
             "train", "--spec", str(path), "--dataset", str(self.fixture("prepared_dataset")),
             "--output", output or str(self.out), "--model-path", model or str(tiny.model_path),
             "--text-encoder-path", str(tiny.text_encoder_path),
             "--device", "cpu", "--dtype", "fp32", "--engine", "torch", "--steps", "1",
-            "--work-dir", str(self.tmp / "work"), "--termination-log", str(self.term), *extra, env=env)
+            "--work-dir", str(self.tmp / "work"), "--termination-log", str(self.term), *extra)
+        if sigterm_at is None:
+            return self.run_iclora(*args, env=env)
+        # SIGTERM once progress.json reports that step (what the kubelet sends on a pod's deletion).
+        proc, _ = run_and_sigterm([iclora_executable(), *args], self.out / PROGRESS_KEY, sigterm_at, env=env)
+        return CliResult(proc)
 
     def preflight(self, dataset: Path, *, spec: dict | None = None, work: Path | None = None,
                   output: str | None = None, env: dict[str, str] | None = None):
@@ -168,6 +173,12 @@ def internal_error_training(r: Run):
     return r.train()
 
 
+def preempted(r: Run):
+    # A suspend, Kueue preemption, spot reclaim or drain: SIGTERM mid-run. The step is checkpointed
+    # and the Job ignores the code (podFailurePolicy); if a Job ever ends on it, it is the stage's failure.
+    return r.train("--steps", "60", "--checkpoint-interval", "1000", sigterm_at=1)
+
+
 def internal_error_preflight(r: Run):
     (r.tmp / "scratch").write_text("a file, not a folder")  # the scratch volume is unusable
     return r.preflight(r.tmp / "d.zip", work=r.tmp / "scratch")  # fails before the dataset is read
@@ -198,6 +209,7 @@ SCENARIOS = [
                  id="INTERNAL_ERROR-training"),
     pytest.param(ExitCode.INTERNAL_ERROR, Stage.PREFLIGHT, internal_error_preflight, "scratch/preflight",
                  id="INTERNAL_ERROR-preflight"),
+    pytest.param(ExitCode.PREEMPTED, Stage.TRAINING, preempted, "stopped by SIGTERM after step", id="PREEMPTED"),
 ]
 
 
@@ -219,7 +231,9 @@ def test_exit_code_round_trip(code, stage, scenario, cause, tmp_path, run_iclora
     assert json.loads(termination)["reason"] == expected
     report_file = r.out / (PREFLIGHT_KEY if stage is Stage.PREFLIGHT else RESULT_KEY)
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
-    if code is not ExitCode.OBJECT_STORE_UNAVAILABLE:  # otherwise the store is what failed
+    if code is ExitCode.PREEMPTED:  # the run is not over: the next pod resumes it
+        assert not report
+    elif code is not ExitCode.OBJECT_STORE_UNAVAILABLE:  # otherwise the store is what failed
         assert report["reason"] == expected
 
     # The operator reads the kubelet's facts (exit code, termination message) and the report.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Parse, train, report; every failure ends with a contract exit code and termination message."""
     from iclora_api.contract import LOG_LEVEL_ENV, Result, Stage
     from iclora_trainer.errors import TrainerError, failure
+    from iclora_trainer.preemption import Preempted, StopSignal
     from iclora_trainer.reporting import write_termination_message
 
     logging.basicConfig(
@@ -54,9 +56,18 @@ def run(args: argparse.Namespace) -> int:
         spawned = _maybe_spawn_local_ranks()
         if spawned is not None:
             return spawned
-        outcome_result = _train(args)
+        stop = StopSignal()
+        stop.install()  # SIGTERM: finish the step, checkpoint it, exit PREEMPTED
+        outcome_result = _train(args, stop)
         write_termination_message(outcome_result, args.termination_log)
         return 0
+    except Preempted as exc:
+        # Not a failure: the Job ignores the code and the next pod resumes from the checkpoint.
+        # No result.json: the run is not over.
+        log.warning("%s", exc)
+        result = Result(status="Failed", reason=exc.reason(Stage.TRAINING), message=str(exc))
+        write_termination_message(result, args.termination_log)
+        return int(exc.exit_code)
     except Exception as exc:
         if isinstance(exc, TrainerError):
             log.error("%s: %s", type(exc).__name__, exc)
@@ -95,11 +106,19 @@ def _maybe_spawn_local_ranks() -> int | None:
         )
         for i in range(gpus)
     ]
+
+    def forward(signum: int, frame: object) -> None:
+        # The runtime signals the container's first process only: each rank checkpoints and exits.
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
     codes = [c.wait() for c in children]
     return max(codes, key=lambda c: (c != 0, c))
 
 
-def _train(args: argparse.Namespace) -> Any:
+def _train(args: argparse.Namespace, stop: Any = None) -> Any:
     from iclora_api.documents import read_document
     from iclora_api.trainer_settings import load_settings
     from iclora_api.validation import spec_from_document, validate_spec
@@ -167,7 +186,7 @@ def _train(args: argparse.Namespace) -> Any:
 
         export_torch_env(dist)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    outcome = train(plan, settings, dataset_dir, store, dist, model_fetch=model_fetch)
+    outcome = train(plan, settings, dataset_dir, store, dist, model_fetch=model_fetch, stop=stop)
     return outcome.result
 
 

@@ -61,6 +61,7 @@ class Engine(Protocol):
     def save(self, directory: Path) -> None: ...
     def load(self, directory: Path) -> None: ...
     def mean_losses(self, losses: torch.Tensor) -> list[float]: ...
+    def stop_agreed(self, requested: bool) -> bool: ...
     def barrier(self) -> None: ...
     def close(self) -> None: ...
 
@@ -104,6 +105,10 @@ class TorchEngine:
 
     def mean_losses(self, losses: torch.Tensor) -> list[float]:
         return [float(v) for v in losses.float().cpu()]
+
+    def stop_agreed(self, requested: bool) -> bool:
+        """Whether the run stops after this step (iclora_trainer.preemption): one process, its own flag."""
+        return requested
 
     def barrier(self) -> None:
         return None
@@ -195,6 +200,18 @@ class DeepSpeedEngine:
         t = losses.to(device=self.device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return [float(v) / self.world_size for v in t.cpu()]
+
+    def stop_agreed(self, requested: bool) -> bool:
+        """Whether the run stops after this step: true on every rank once any rank was asked to.
+
+        Called by every rank at every step boundary (a collective): an all-reduce (MAX) of the
+        ranks' stop flags, so all of them stop, and checkpoint, at the same step.
+        """
+        if self.world_size == 1:
+            return requested
+        flag = torch.tensor([1 if requested else 0], dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def barrier(self) -> None:
         torch.distributed.barrier()

@@ -31,6 +31,7 @@ from iclora_trainer.engine import build_engine
 from iclora_trainer.errors import ModelConfigError
 from iclora_trainer.lora_io import TRAINING_TYPE, export_lora, save_lora
 from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
+from iclora_trainer.preemption import Preempted, StopSignal
 from iclora_trainer.reporting import Reporter
 from iclora_trainer.storage import Store
 from iclora_trainer.strategy import MaskedICLoraStrategy
@@ -149,10 +150,13 @@ def train(
     dist: DistEnv,
     stop_after: int | None = None,
     model_fetch: ModelFetch | None = None,
+    stop: StopSignal | None = None,
 ) -> TrainOutcome:
     """Run (or resume) the training; `stop_after` ends early after that many steps (tests of resume).
 
     `model_fetch` (how the base model got here, iclora_trainer.model.provision) goes into result.json.
+    `stop` (iclora_trainer.preemption): once it is requested on any rank, every rank finishes its
+    step, they checkpoint that step together and `Preempted` is raised.
     """
     from iclora_trainer.model.loading import load_transformer
 
@@ -189,6 +193,8 @@ def train(
         }
     )
     start = load_latest(store, work_dir, fp, engine, model)
+    if start:
+        log.info("resuming from the checkpoint of step %d of %d", start, steps)
     reporter = Reporter(store, steps, settings.progress_interval, enabled=dist.rank == 0)
     reporter.start(start)
     outcome = TrainOutcome(result=Result(status="Failed"), start_step=start)
@@ -199,6 +205,8 @@ def train(
     # Step losses stay on the device until a report needs them: one host sync (and one
     # all-reduce) per progress interval instead of one per step.
     pending: list[torch.Tensor] = []
+    if stop is not None:
+        stop.defer()  # from here a SIGTERM ends the step, not the process
     with attention_backends(settings.attention_backends):
         for step in range(start, steps):
             indices = sample_indices(step, len(data), global_batch, settings.seed)
@@ -216,11 +224,16 @@ def train(
                 validator and settings.validation_interval and done % settings.validation_interval == 0
             ) and done < steps
             stopping = stop_after is not None and done >= stop_after and done < steps
-            if done % settings.progress_interval == 0 or done == steps or checkpoint_due or stopping:
+            # Every rank votes at every step (a collective): all stop at the same step.
+            preempted = stop is not None and done < steps and engine.stop_agreed(stop.requested)
+            if preempted:
+                checkpoint_due, validation_due = True, False
+            if (done % settings.progress_interval == 0 or done == steps or checkpoint_due or stopping
+                    or preempted):
                 outcome.losses.extend(engine.mean_losses(torch.stack(pending)))
                 pending.clear()
                 loss_value = outcome.losses[-1]
-                reporter.progress(done, loss_value)
+                reporter.progress(done, loss_value, force=preempted)
             if checkpoint_due:
                 save_checkpoint(
                     store,
@@ -233,6 +246,13 @@ def train(
                 )
             if validator and validation_due:
                 validator.render(model, store)
+            if preempted:
+                engine.close()
+                name = stop.signal_name if stop is not None and stop.signal_name else "another rank's signal"
+                raise Preempted(
+                    f"stopped by {name} after step {done} of {steps}; checkpoint {done} written, "
+                    "the next run resumes from it"
+                )
             if stopping:
                 return outcome
 

@@ -23,11 +23,12 @@ app.kubernetes.io/component: operator
 - apiGroups: ["iclora.dev"]
   resources: ["maskedicloratrainings/status"]
   verbs: ["get", "patch"]
-# Application: the preflight and training Jobs (patch = suspend/resume).
+# Application: the preflight and training Jobs (patch = suspend/resume; delete = a Job whose
+# pod did not start within the profile's podStartTimeoutSeconds).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# Application: exit codes and termination messages of failed pods.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Application: exit codes and termination messages of failed pods; why a pod does not start.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

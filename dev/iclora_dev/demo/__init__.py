@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", default="demo-output", help="folder for the downloaded artifacts")
     parser.add_argument("--keep", action="store_true",
-                        help="leave the cluster running and print how to point kubectl at it")
+                        help="leave the cluster and its operator running (stop both with "
+                        "`iclora local-cluster down`) and print how to train on it again")
     parser.add_argument("--steps", type=int, default=100, help="numberOfSteps of the training (100-20000)")
     parser.add_argument("--triplets", type=int, default=10, help="triplets in the synthetic dataset")
     parser.add_argument("--state-dir", help="cluster state folder (default ~/.cache/masked-iclora/clusters/demo)")

@@ -1,8 +1,9 @@
 """The one-command demo: everything local, a tiny model on CPU, a synthetic dataset.
 
 Every part is the real one: the control plane built from source, SeaweedFS for
-S3, the operator (kopf, in this process), the CPU preflight and the trainer run
-as real processes by the local pod runner. Only the model is tiny.
+S3, the operator (kopf, in this process; with --keep a process of the cluster's own that
+outlives the demo), the CPU preflight and the trainer run as real processes by the local
+pod runner. Only the model is tiny.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
+import os
 import sys
 import threading
 import time
@@ -115,6 +117,50 @@ def _model_fetch(s3: Any, artifacts: dict[str, str]) -> Any:
         response.release_conn()
 
 
+def _start_operator_process(cluster: Any, settings: Any, timeout: float = 60.0) -> Path:
+    """`iclora operator` as a detached process recorded with the cluster's; waits for its liveness probe."""
+    from iclora_dev.localcluster import procs
+    from iclora_dev.localcluster.ports import free_ports
+
+    (health,) = free_ports(1)
+    store = settings.store
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "ICLORA_RECONCILE_INTERVAL_SECONDS": str(settings.reconcile_interval_seconds),
+        "ICLORA_REPORT_POLL_SECONDS": str(settings.report_poll_seconds),
+        "ICLORA_ALLOW_PRIVATE_DATASET_HOSTS": "true",
+        "ICLORA_STORE_ENDPOINT": store.endpoint,
+        "ICLORA_STORE_BUCKET": store.bucket,
+        "ICLORA_STORE_ACCESS_KEY": store.access_key.get_secret_value(),
+        "ICLORA_STORE_SECRET_KEY": store.secret_key.get_secret_value(),
+    }
+    log_path = cluster.logs_dir / "operator.log"
+    argv = [sys.executable, "-c", "import sys; from iclora_api.cli import main; sys.exit(main())", "operator",
+            "--liveness", f"http://127.0.0.1:{health}/healthz", "--metrics-port", "0", "--log-format", "plain"]
+    _, record = procs.start("operator", argv, log_path, env=env, die_with_parent=False)
+    cluster.processes.append(record)
+    cluster.save_state()
+    deadline = time.monotonic() + timeout
+    while not _http_ok(f"http://127.0.0.1:{health}/healthz"):
+        if not record.alive():
+            raise RuntimeError(f"the operator exited; see {log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the operator did not start in {timeout:.0f} s; see {log_path}")
+        time.sleep(0.5)
+    return log_path
+
+
+def _http_ok(url: str) -> bool:
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
@@ -189,15 +235,21 @@ def run_demo(args: argparse.Namespace) -> int:
             store=StoreSettings(endpoint=s3.endpoint, bucket=s3.bucket, access_key=s3.access_key,
                                 secret_key=s3.secret_key),
         )
-        ready = threading.Event()
-        operator_thread = threading.Thread(
-            target=run_operator, args=(settings,), daemon=True,
-            kwargs={"stop_flag": stop_flag, "ready_flag": ready, "metrics_port": 0,
-                    "kubeconfig": str(cluster.kubeconfig)},
-        )
-        operator_thread.start()
-        if not ready.wait(60):
-            raise RuntimeError("the operator did not start")
+        if args.keep:
+            # A process of the cluster's own (recorded in its state dir): it keeps serving after the
+            # demo exits, and `iclora local-cluster down` stops it with the rest.
+            operator_log = _start_operator_process(cluster, settings)
+            out(f"[demo] operator running as a process of the cluster; log: {operator_log}\n")
+        else:
+            ready = threading.Event()
+            operator_thread = threading.Thread(
+                target=run_operator, args=(settings,), daemon=True,
+                kwargs={"stop_flag": stop_flag, "ready_flag": ready, "metrics_port": 0,
+                        "kubeconfig": str(cluster.kubeconfig)},
+            )
+            operator_thread.start()
+            if not ready.wait(60):
+                raise RuntimeError("the operator did not start")
         validation: dict[str, str] = {"prompt": "repl4ce the masked region with a stripe pattern"}
         for key, path in write_validation_set(state / "validation").items():
             s3.client().fput_object(s3.bucket, f"validation/{path.name}", str(path))
@@ -225,8 +277,11 @@ def run_demo(args: argparse.Namespace) -> int:
             out(f"[demo] {key:<13} {uri}\n              -> {_download(s3, uri, folder)}\n")
         out(f"[demo] succeeded in {time.monotonic() - started:.0f} s; {status.get('billingUnits')} billing units\n")
         if args.keep:
-            out(f"[demo] cluster left running. Use it with:\n  export KUBECONFIG={cluster.kubeconfig}\n"
-                f"  kubectl get micl -A\n  iclora local-cluster down --state-dir {state}\n")
+            out(f"[demo] cluster and operator left running. Train again with:\n"
+                f"  export KUBECONFIG={cluster.kubeconfig}\n"
+                f"  sed 's/name: {NAME}$/name: {NAME}-2/' {state / 'demo-training.yaml'} | kubectl apply -f -\n"
+                f"  kubectl get micl -n {NAMESPACE} -w\n"
+                f"Stop the cluster and its operator with:\n  iclora local-cluster down --state-dir {state}\n")
         return 0
     finally:
         stop_flag.set()

@@ -13,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from iclora_operator.reconcile.observed import ChildRejection, JobState
+from iclora_operator.reconcile.observed import ChildRejection, JobState, PodNotStarting
 from iclora_operator.render import (
     DNS_SUBDOMAIN_MAX,
     LABEL_COMPONENT,
@@ -33,6 +33,8 @@ KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta2", "work
 # object itself (422 invalid, 400, 403 by a quota, policy or admission webhook): retrying
 # the same object gets the same answer.
 RETRYABLE_CLIENT_ERRORS = frozenset({401, 408, 409, 429})
+# Waiting reasons of a container that is on its way (pulling, mounting): not a problem.
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 
 
 class NotReadyYet(RuntimeError):
@@ -158,6 +160,27 @@ class Kube:
                     latest = (term.finished_at, term.exit_code, term.message)
         return (latest[1], latest[2]) if latest else (None, None)
 
+    def pod_not_starting(self, namespace: str, job_name: str) -> PodNotStarting | None:
+        """The oldest pod of a Job that cannot start: unschedulable, or a container waiting for a
+        reason other than being created (ImagePullBackOff, CreateContainerConfigError, ...)."""
+        pods = _json(self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
+                                                   _preload_content=False))
+        found: PodNotStarting | None = None
+        for pod in pods.get("items") or []:
+            problem = pod_problem(pod)
+            if problem is not None and (found is None or problem.since < found.since):
+                found = problem
+        return found
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and (in the background) its pods; one already gone is fine."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                             _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def running_trainings(self, namespace: str, except_training: str) -> int:
         """Training Jobs of other trainings in the namespace that are neither finished nor suspended.
 
@@ -216,6 +239,24 @@ def _event_name(involved: str) -> str:
     return involved[:DNS_SUBDOMAIN_MAX - len(suffix)].rstrip("-.") + suffix
 
 
+def pod_problem(pod: dict[str, Any]) -> PodNotStarting | None:
+    """Why a pending pod does not start (a waiting container first, then the scheduler), else None."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") not in (None, "Pending"):
+        return None
+    name, since = meta.get("name", ""), meta.get("creationTimestamp") or ""
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason and reason not in STARTING_REASONS:
+            return PodNotStarting(name, reason, waiting.get("message") or reason, since)
+    for cond in status.get("conditions") or []:
+        if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
+            return PodNotStarting(name, "Unschedulable", cond.get("message") or "no node fits the pod", since)
+    return None
+
+
 def job_summary(job: Any) -> dict[str, Any]:
     """The few fields of a Job that decisions read; what the in-memory index keeps (not the template)."""
     meta = job.get("metadata") or {}
@@ -230,6 +271,7 @@ def job_summary(job: Any) -> dict[str, Any]:
         "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
         "status": {
             "active": status.get("active") or 0,
+            "ready": status.get("ready") or 0,
             "conditions": [
                 {k: c.get(k) for k in ("type", "status", "reason", "message")}
                 for c in status.get("conditions") or []
@@ -250,6 +292,7 @@ def job_state(job: dict[str, Any], uid: str) -> JobState:
         owned=(meta.get("labels") or {}).get(LABEL_UID) == uid,
         suspended=bool(spec.get("suspend")),
         active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
         complete="Complete" in conds,
         failed=failed is not None,
         failure_reason=failed.get("reason") if failed else None,
@@ -278,4 +321,18 @@ def install_crds(api_client: Any, crds: list[dict[str, Any]], timeout: float = 3
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"CRD {name} not established after {timeout:.0f} s")
+            time.sleep(0.2)
+    # Established is not yet served: until the API server's storage for a new resource is
+    # initialised, lists and watches answer 429 ("storage is (re)initializing"). Wait for a list.
+    custom = client.CustomObjectsApi(api_client)
+    for crd in crds:
+        spec = crd["spec"]
+        version = next(v["name"] for v in spec["versions"] if v.get("served", True))
+        while True:
+            try:
+                custom.list_cluster_custom_object(spec["group"], version, spec["names"]["plural"], limit=1)
+                break
+            except ApiException as exc:
+                if exc.status not in (404, 429, 503) or time.monotonic() > deadline:
+                    raise
             time.sleep(0.2)

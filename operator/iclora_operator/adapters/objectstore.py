@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
@@ -74,3 +75,12 @@ class ObjectStore:
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise ObjectStoreUnavailable(f"bucket {bucket}: {exc.code}") from exc
+
+    def put_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        bucket, key = split_s3_uri(uri)
+        try:
+            self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except S3Error as exc:
+            raise ObjectStoreUnavailable(f"{uri}: {exc.code}: {exc.message}") from exc
+        except Exception as exc:
+            raise ObjectStoreUnavailable(f"{uri}: {exc}") from exc

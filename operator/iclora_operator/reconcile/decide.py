@@ -27,7 +27,7 @@ from iclora_api.v1alpha1 import (
 )
 from iclora_operator.billing import billing_units
 from iclora_operator.reconcile.failures import classify_failure
-from iclora_operator.reconcile.observed import Observed
+from iclora_operator.reconcile.observed import JobState, Observed
 
 TERMINAL_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}
 
@@ -37,6 +37,11 @@ class Action(StrEnum):
     CREATE_TRAINING = "CreateTraining"
     SUSPEND_TRAINING = "SuspendTraining"
     RESUME_TRAINING = "ResumeTraining"
+    # The ledger's record of a billed run (`iclora_operator.ledger`), written before the status that bills.
+    RECORD_BILLING = "RecordBilling"
+    # A Job whose pod did not start in time: deleted with its pods (frees the slot and the GPUs).
+    DELETE_PREFLIGHT = "DeletePreflight"
+    DELETE_TRAINING = "DeleteTraining"
 
 
 @dataclass(frozen=True)
@@ -167,13 +172,49 @@ def _rejected(obs: Observed, draft: _Draft) -> str | None:
     return message
 
 
+IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+
+
+def _pod_reason(why: str) -> Reason:
+    """Our reason for a pod's scheduler (`Unschedulable`) or kubelet waiting reason."""
+    if why == "Unschedulable":
+        return Reason.UNSCHEDULABLE
+    return Reason.IMAGE_PULL_FAILED if why in IMAGE_PULL_REASONS else Reason.POD_NOT_STARTING
+
+
+def _not_starting(obs: Observed, draft: _Draft, job: JobState, now: datetime, delete: Action) -> None:
+    """A pod of the running Job that does not start: said in Reconciling (and one Warning Event)
+    within a reconcile; past the profile's podStartTimeoutSeconds the training fails and the Job goes."""
+    stuck = job.not_starting
+    if stuck is None or obs.profile is None:
+        return
+    reason = _pod_reason(stuck.reason)
+    detail = stuck.reason if stuck.message in ("", stuck.reason) else f"{stuck.reason}: {stuck.message}"
+    what = f"pod {stuck.pod} does not start: {detail}"
+    timeout = obs.profile.pod_start_timeout_seconds
+    try:
+        waited = (now - datetime.fromisoformat(stuck.since.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        waited = 0.0
+    if waited > timeout:
+        draft.actions.append(delete)
+        _fail(draft, reason, f"{what} (for more than {timeout} s, the profile's podStartTimeoutSeconds)")
+        return
+    draft.message = what
+    draft.reconciling_reason = reason
+    shown = next((c.get("reason") for c in obs.status.get("conditions") or []
+                  if c.get("type") == ConditionType.RECONCILING.value), None)
+    if shown != reason.value:
+        draft.events.append(Event("Warning", reason.value, what))
+
+
 def _preflight_passed(obs: Observed) -> bool:
     if obs.preflight_report is not None:
         return obs.preflight_report.ok
     return obs.preflight_job is not None and obs.preflight_job.complete
 
 
-def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
+def _decide_preflight(obs: Observed, draft: _Draft, now: datetime) -> bool:
     """Drive the CPU preflight; True once it passed."""
     job = obs.preflight_job
     report = obs.preflight_report
@@ -210,6 +251,7 @@ def _decide_preflight(obs: Observed, draft: _Draft) -> bool:
         _fail(draft, reason, message)
         return False
     draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, checking)
+    _not_starting(obs, draft, job, now, Action.DELETE_PREFLIGHT)
     return False
 
 
@@ -301,6 +343,9 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
         draft.admitted = (False, why, draft.message)
         return
     _running(draft)
+    if job.not_starting is not None:
+        _not_starting(obs, draft, job, now, Action.DELETE_TRAINING)
+        return
     if obs.progress is not None and obs.progress.message:
         # Before its first step the trainer says what it does (e.g. "fetching model: 12.3 of 44.0 GiB").
         draft.message = obs.progress.message
@@ -337,7 +382,7 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
             _fail(draft, Reason.PROFILE_NOT_FOUND, f"TrainingProfile {obs.profile_name!r} does not exist")
         elif obs.blocked:
             draft.set(Phase.PENDING, Reason.SECRET_NOT_FOUND, obs.blocked)
-        elif _decide_preflight(obs, draft):
+        elif _decide_preflight(obs, draft, now):
             _decide_training(obs, draft, now)
             if draft.phase == Phase.TRAINING and _stale(obs, now, stale_after):
                 draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
@@ -358,6 +403,7 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
         else:
             billed = units = billing_units(obs.spec.number_of_steps, succeeded=True)
             draft.events.append(Event("Normal", "Billed", f"{billed} billing units"))
+            draft.actions.append(Action.RECORD_BILLING)
         progress = progress.model_copy(update={"step": max(progress.step, obs.spec.number_of_steps)})
         draft.events.append(Event("Normal", "Succeeded", "LoRA trained; artifacts verified in the store"))
     else:

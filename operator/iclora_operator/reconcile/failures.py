@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from iclora_api.conditions import Reason
-from iclora_api.contract import ExitCode, Stage, reason_for
+from iclora_api.contract import PREEMPTED_EXIT_CODES, ExitCode, Stage, reason_for
 from iclora_operator.reconcile.observed import JobState
 
 MAX_MESSAGE = 1024
@@ -38,7 +38,9 @@ def classify_failure(job: JobState, stage: Stage | str, report_reason: str | Non
     stage = Stage(stage)
     term_reason, term_message = _parse_termination(job.termination_message)
     message = report_message or term_message or job.failure_message or "the Job failed"
-    if job.exit_code is not None:
+    # PREEMPTED says only that the pod was stopped from outside (after saving its work): why the
+    # Job then failed (its deadline, say) is the Job's to tell, so the code is not trusted first.
+    if job.exit_code is not None and job.exit_code not in PREEMPTED_EXIT_CODES:
         try:
             reason = reason_for(job.exit_code, stage)
         except ValueError:  # 0, a signal, an OOM kill: the code says nothing about why

@@ -26,6 +26,28 @@ class JobState:
     exit_code: int | None = None
     termination_message: str | None = None
     suspended_by_user: bool = False
+    # Pods with the Ready condition (Job status.ready); pods are looked at only while none is.
+    ready: int = 0
+    # Why a pod of the active Job has not started (read only when no pod is ready), else None.
+    not_starting: PodNotStarting | None = None
+
+    @property
+    def waits_for_pods(self) -> bool:
+        """Active and unfinished with fewer ready pods than active ones: a pod may be stuck."""
+        return (self.owned and not (self.complete or self.failed or self.suspended)
+                and self.active > self.ready)
+
+
+@dataclass(frozen=True)
+class PodNotStarting:
+    """A pod of an active Job that is not running: unschedulable, or its container waits."""
+
+    pod: str
+    # The scheduler's (`Unschedulable`) or the kubelet's waiting reason (`ImagePullBackOff`, ...).
+    reason: str
+    message: str
+    # When the pod was created (RFC 3339): the start timeout counts from here.
+    since: str
 
 
 @dataclass(frozen=True)

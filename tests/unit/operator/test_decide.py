@@ -392,3 +392,107 @@ def test_the_written_status_is_exactly_the_document_of_before_the_typed_status()
         "startTime": "2026-11-24T11:00:00Z",
         "completionTime": "2026-11-24T12:00:00Z",
     }
+
+
+# --- pods that never start (issue 24, item 2) ------------------------------------------------------
+def _stuck(why, message, age_s, pod="t-preflight-abc"):
+    from iclora_operator.reconcile.observed import PodNotStarting
+
+    since = (NOW - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return PodNotStarting(pod=pod, reason=why, message=message, since=since)
+
+
+@pytest.mark.parametrize(("why", "reason"), [
+    ("Unschedulable", "Unschedulable"),
+    ("ImagePullBackOff", "ImagePullFailed"),
+    ("ErrImagePull", "ImagePullFailed"),
+    ("InvalidImageName", "ImagePullFailed"),
+    ("CreateContainerConfigError", "PodNotStarting"),
+])
+def test_a_pod_that_does_not_start_shows_in_reconciling_with_one_warning_event(why, reason):
+    message = "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    stuck = job("t-preflight", active=1, not_starting=_stuck(why, message, 20))
+    plan = decide(replace(BASE, preflight_job=stuck), NOW)
+    s = written(plan)
+    assert plan.actions == ()
+    assert s["phase"] == "Preflight" and "failure" not in s
+    assert conds(s)["Reconciling"] == ("True", reason)
+    assert conds(s)["Stalled"] == ("False", "Preflight")
+    rec = next(c for c in s["conditions"] if c["type"] == "Reconciling")
+    assert f"t-preflight-abc does not start: {why}: {message}" in rec["message"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", reason)]
+    # The next reconcile sees the same: same status, no second Event.
+    again = decide(replace(BASE, preflight_job=stuck, status=s), NOW + timedelta(seconds=5))
+    assert again.events == () and written(again) == s
+
+
+def test_a_training_pod_that_does_not_start_past_the_timeout_fails_and_deletes_its_job():
+    profile = TrainingProfileSpec(pod_start_timeout_seconds=60)
+    ran = replace(BASE, profile=profile, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED)
+    waiting = job(active=1, not_starting=_stuck("ImagePullBackOff", "Back-off pulling image \"x:1\"", 30,
+                                                  pod="t-train-0-abc"))
+    shown = decide(replace(ran, training_job=waiting, status={"startTime": "2026-11-24T11:59:00Z"}), NOW)
+    assert written(shown)["phase"] == "Training"
+    assert conds(written(shown))["Reconciling"] == ("True", "ImagePullFailed")
+    late = replace(waiting, not_starting=_stuck("ImagePullBackOff", "Back-off pulling image \"x:1\"", 61,
+                                                 pod="t-train-0-abc"))
+    plan = decide(replace(ran, training_job=late, status=written(shown)), NOW)
+    s = written(plan)
+    assert plan.actions == (Action.DELETE_TRAINING,)
+    assert s["phase"] == "Failed" and s["billingUnits"] == 0 and plan.billed is None
+    assert s["failure"]["reason"] == "ImagePullFailed"
+    assert "Back-off pulling image" in s["failure"]["message"] and "60 s" in s["failure"]["message"]
+    assert conds(s)["Stalled"] == ("True", "ImagePullFailed")
+    assert ("Warning", "ImagePullFailed") in [(e.type, e.reason) for e in plan.events]
+
+
+def test_an_unschedulable_preflight_past_the_timeout_fails_with_unschedulable():
+    stuck = job("t-preflight", active=1, not_starting=_stuck("Unschedulable", "0/1 nodes are available", 601))
+    plan = decide(replace(BASE, preflight_job=stuck), NOW)  # default podStartTimeoutSeconds: 600
+    assert plan.actions == (Action.DELETE_PREFLIGHT,)
+    assert written(plan)["failure"]["reason"] == "Unschedulable"
+
+
+def test_a_pod_that_starts_clears_the_not_starting_reason():
+    stuck = job("t-preflight", active=1, not_starting=_stuck("Unschedulable", "no nodes", 20))
+    shown = written(decide(replace(BASE, preflight_job=stuck), NOW))
+    plan = decide(replace(BASE, preflight_job=job("t-preflight", active=1, ready=1), status=shown),
+                  NOW + timedelta(seconds=10))
+    s = written(plan)
+    assert conds(s)["Reconciling"] == ("True", "Preflight") and plan.events == ()
+    assert s["phase"] == "Preflight"
+
+
+def test_jobs_are_looked_at_for_stuck_pods_only_while_active_pods_are_not_ready():
+    assert job(active=1).waits_for_pods
+    assert not job(active=1, ready=1).waits_for_pods
+    assert job(active=2, ready=1).waits_for_pods  # one rank of two does not start
+    assert not job(active=0).waits_for_pods
+    assert not job(active=1, suspended=True).waits_for_pods
+    assert not job(active=1, complete=True).waits_for_pods
+    assert not JobState(name="x", owned=False, active=1).waits_for_pods
+
+
+def test_pod_problem_reads_waiting_reasons_before_the_scheduler_and_ignores_normal_starts():
+    from iclora_operator.adapters.kube import pod_problem
+
+    def pod(phase="Pending", waiting=None, scheduled=None, **meta):
+        status = {"phase": phase, "conditions": []}
+        if waiting:
+            status["containerStatuses"] = [{"name": "trainer", "state": {"waiting": waiting}}]
+        if scheduled:
+            status["conditions"].append({"type": "PodScheduled", "status": "False", **scheduled})
+        return {"metadata": {"name": "p", "creationTimestamp": "2026-11-24T11:00:00Z", **meta}, "status": status}
+
+    pull = pod(waiting={"reason": "ImagePullBackOff", "message": "Back-off pulling image"})
+    assert pod_problem(pull).reason == "ImagePullBackOff"
+    assert pod_problem(pull).message == "Back-off pulling image"
+    assert pod_problem(pull).since == "2026-11-24T11:00:00Z"
+    config = pod(waiting={"reason": "CreateContainerConfigError", "message": 'secret "s" not found'})
+    assert pod_problem(config).reason == "CreateContainerConfigError"
+    unsched = pod(scheduled={"reason": "Unschedulable", "message": "0/2 nodes are available"})
+    assert (pod_problem(unsched).reason, pod_problem(unsched).message) == ("Unschedulable", "0/2 nodes are available")
+    assert pod_problem(pod(waiting={"reason": "ContainerCreating"})) is None
+    assert pod_problem(pod(scheduled={"reason": "SchedulingGated"})) is None
+    assert pod_problem(pod(phase="Running")) is None
+    assert pod_problem(pod(waiting={"reason": "ErrImagePull"}, deletionTimestamp="2026-11-24T11:01:00Z")) is None

@@ -31,6 +31,10 @@ from iclora_operator.reconcile.observed import JobState
         ({"exit_code": 1}, "preflight", "PreflightFailed"),
         ({"failure_reason": "DeadlineExceeded", "failure_message": "too long"}, "training", "DeadlineExceeded"),
         ({"failure_reason": "BackoffLimitExceeded"}, "training", "TrainingFailed"),
+        # PREEMPTED (23) says only that the pod was stopped from outside: the Job tells why it failed.
+        ({"exit_code": 23}, "training", "TrainingFailed"),
+        ({"exit_code": 23, "failure_reason": "DeadlineExceeded", "failure_message": "too long"}, "training",
+         "DeadlineExceeded"),
         ({"failure_reason": "PodFailurePolicy", "exit_code": 13}, "preflight", "NoUsableClips"),
         ({"termination_message": json.dumps({"reason": "NoUsableClips", "message": "x"})}, "preflight",
          "NoUsableClips"),

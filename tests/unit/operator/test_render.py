@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from iclora_api.contract import USER_ERROR_EXIT_CODES
+from iclora_api.contract import USER_ERROR_EXIT_CODES, ExitCode
 from iclora_operator.render import (
     KUEUE_QUEUE_LABEL,
     LABEL_UID,
@@ -60,6 +60,30 @@ def test_failure_policy_fails_fast_on_user_errors_and_ignores_disruption(make):
     assert rules[0]["action"] == "FailJob"
     assert rules[0]["onExitCodes"]["values"] == list(USER_ERROR_EXIT_CODES)
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+
+
+@pytest.mark.parametrize("make", ALL_JOBS)
+def test_failure_policy_retries_a_preempted_trainer_without_counting(make):
+    # SIGTERM (suspend, preemption, drain): the trainer checkpointed its step and exited PREEMPTED;
+    # the next pod resumes there, and the retry is not counted against backoffLimit.
+    rules = make()["spec"]["podFailurePolicy"]["rules"]
+    assert ExitCode.PREEMPTED not in USER_ERROR_EXIT_CODES
+    ignored = [r for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
+    assert ignored == [{"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                            "values": [int(ExitCode.PREEMPTED)]}}]
+    # Rules apply in order: no earlier rule takes the code.
+    first = next(r for r in rules if "onExitCodes" in r and ExitCode.PREEMPTED in r["onExitCodes"]["values"])
+    assert first["action"] == "Ignore"
+
+
+def test_training_pods_get_the_profiles_grace_period_to_checkpoint():
+    assert pod_of(render_training_job(ctx(), suspend=False))["terminationGracePeriodSeconds"] == 300  # default
+    job = render_training_job(ctx(nodes=4, gpus=8, termination_grace_period_seconds=900), suspend=False)
+    assert pod_of(job)["terminationGracePeriodSeconds"] == 900
+    # The preflight has nothing to checkpoint: the Kubernetes default.
+    assert "terminationGracePeriodSeconds" not in pod_of(render_preflight_job(ctx()))
+    with pytest.raises(ValueError):
+        ctx(termination_grace_period_seconds=0)
 
 
 @pytest.mark.parametrize("make", ALL_JOBS)
@@ -309,3 +333,20 @@ def test_the_model_store_credentials_come_from_the_operators_namespace_or_the_pl
     # A Secret the admin has not created yet: nothing is created, the reconcile retries and says why.
     with pytest.raises(RetryLater, match="iclora-system/absent named by the TrainingProfile"):
         _model_store_credentials(memo, ctx(model={**s3, "credentials_secret_ref": {"name": "absent"}}))
+
+
+def test_profile_image_pull_secrets_and_service_account_reach_both_pods():
+    from iclora_api.profile import SecretName
+
+    c = ctx(image_pull_secrets=[SecretName(name="regcred"), SecretName(name="mirror")],
+            service_account_name="iclora-trainer")
+    for job in (render_preflight_job(c), render_training_job(c, suspend=False),
+                render_training_job(ctx(nodes=2, image_pull_secrets=[SecretName(name="regcred")],
+                                        service_account_name="iclora-trainer"), suspend=False)):
+        pod = pod_of(job)
+        assert pod["imagePullSecrets"][0] == {"name": "regcred"}
+        assert pod["serviceAccountName"] == "iclora-trainer"
+        assert pod["automountServiceAccountToken"] is False  # the pods never call the API server
+    assert pod_of(render_preflight_job(c))["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    plain = pod_of(render_training_job(ctx(), suspend=False))
+    assert "imagePullSecrets" not in plain and "serviceAccountName" not in plain

@@ -109,3 +109,25 @@ def test_the_ticker_revisits_unfinished_trainings_not_backing_off_nor_being_dele
     memo.track(body("running", "Training"))
     memo.forget("running")
     assert sorted(b.metadata.uid for b in memo.tick_candidates()) == ["new"]
+
+
+def test_a_job_with_active_pods_not_ready_is_looked_at_between_polls():
+    # A pod that never starts changes no Job: while one may be stuck, the ticker reconciles (and
+    # lists the Job's pods) every other tick instead of waiting for the phase's poll.
+    import kopf
+
+    from iclora_operator.adapters.kube import job_summary
+    from iclora_operator.render import LABEL_UID
+    from iclora_operator.runtime import waits_for_pods
+
+    body = kopf.Body({"metadata": {"name": "t", "namespace": "ns", "uid": "u"}})
+
+    def index(active, ready):
+        job = {"metadata": {"name": "t-preflight", "labels": {LABEL_UID: "u"}},
+               "status": {"active": active, "ready": ready}}
+        return {("ns", "t-preflight"): [job_summary(job)]}
+
+    assert waits_for_pods(body, index(1, 0))
+    assert not waits_for_pods(body, index(1, 1))
+    assert not waits_for_pods(body, index(0, 0))
+    assert not waits_for_pods(body, {})

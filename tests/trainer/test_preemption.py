@@ -1,0 +1,62 @@
+"""SIGTERM mid-run (a suspend, a Kueue preemption, a spot reclaim, a drain; issue 18 item 7): the
+trainer finishes its step, checkpoints it, exits with ExitCode.PREEMPTED, and a rerun resumes there."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from iclora_api.contract import PROGRESS_KEY, RESULT_KEY, ExitCode
+from iclora_trainer.checkpointing import completed_steps
+from iclora_trainer.storage import LocalStore
+from tests.helpers import iclora_executable, run_and_sigterm
+
+pytestmark = pytest.mark.trainer
+
+STEPS = 120  # far more than the test waits for: SIGTERM lands mid-run, between checkpoints
+
+
+def _argv(tmp: Path, tiny_checkpoint, dataset: Path) -> list[str]:
+    spec = tmp / "spec.json"
+    spec.write_text(json.dumps({"training_data_url": "https://example.com/d.zip", "rank": 8}))
+    settings = tmp / "settings.json"
+    settings.write_text(json.dumps({"progress_interval": 1}))
+    return [
+        iclora_executable(), "train", "--spec", str(spec), "--settings", str(settings),
+        "--dataset", str(dataset), "--output", str(tmp / "out"),
+        "--model-path", str(tiny_checkpoint.model_path), "--text-encoder-path", str(tiny_checkpoint.text_encoder_path),
+        "--device", "cpu", "--dtype", "fp32", "--engine", "torch", "--steps", str(STEPS),
+        "--checkpoint-interval", "100000", "--work-dir", str(tmp / "work"),
+        "--termination-log", str(tmp / "term.log"),
+    ]
+
+
+def test_sigterm_checkpoints_the_current_step_and_a_rerun_resumes_there(tmp_path, tiny_checkpoint, prepared_dataset):
+    argv = _argv(tmp_path, tiny_checkpoint, prepared_dataset)
+    out = tmp_path / "out"
+    stopped, seen = run_and_sigterm(argv, out / PROGRESS_KEY, at_step=2)
+
+    # The distinct exit code, and the step the signal caught is checkpointed (the interval is never due).
+    assert stopped.returncode == ExitCode.PREEMPTED, stopped.stdout[-3000:]
+    checkpoints = completed_steps(LocalStore(out))
+    assert len(checkpoints) == 1, checkpoints
+    stop = checkpoints[0]
+    assert seen <= stop < STEPS
+    assert json.loads((out / PROGRESS_KEY).read_text())["step"] == stop
+    termination = json.loads((tmp_path / "term.log").read_text())
+    assert termination["reason"] == "TrainingFailed"  # read only if it ever ends a Job (see failures.py)
+    assert f"stopped by SIGTERM after step {stop} of {STEPS}" in termination["message"]
+    assert not (out / RESULT_KEY).exists(), "a preempted run is not over: no result.json"
+
+    # The rerun (the next pod) resumes at the stop step and finishes.
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = re.search(r"resuming from the checkpoint of step (\d+) of", rerun.stderr)
+    assert resumed, rerun.stderr[-3000:]
+    assert stop - 1 <= int(resumed.group(1)) <= stop
+    result = json.loads((out / RESULT_KEY).read_text())
+    assert result["status"] == "Succeeded" and result["steps"] == STEPS
