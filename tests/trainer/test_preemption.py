@@ -4,7 +4,9 @@ trainer finishes its step, checkpoints it, exits with ExitCode.PREEMPTED, and a 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -60,3 +62,57 @@ def test_sigterm_checkpoints_the_current_step_and_a_rerun_resumes_there(tmp_path
     assert stop - 1 <= int(resumed.group(1)) <= stop
     result = json.loads((out / RESULT_KEY).read_text())
     assert result["status"] == "Succeeded" and result["steps"] == STEPS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_every_rank_stops_at_the_same_step_when_one_gets_sigterm(tmp_path, tiny_checkpoint, prepared_dataset):
+    # Two DeepSpeed ranks (gloo on CPU); only rank 1 is signalled: rank 0 learns it through the
+    # all-reduce of the stop flags, and both checkpoint the same step and exit PREEMPTED.
+    argv = _argv(tmp_path, tiny_checkpoint, prepared_dataset)
+    argv[argv.index("--engine") + 1] = "deepspeed"
+    out, port = tmp_path / "out", str(_free_port())
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+    rank0 = subprocess.Popen([*argv, "--termination-log", str(tmp_path / "term0.log")],
+                             env={**os.environ, **env, "RANK": "0"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        rank1, _seen = run_and_sigterm([*argv, "--termination-log", str(tmp_path / "term1.log")],
+                                       out / PROGRESS_KEY, at_step=2, env={**env, "RANK": "1"})
+        log0 = rank0.communicate(timeout=300)[0]
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
+    assert (rank0.returncode, rank1.returncode) == (ExitCode.PREEMPTED, ExitCode.PREEMPTED), log0[-3000:]
+    checkpoints = completed_steps(LocalStore(out))
+    assert len(checkpoints) == 1 and checkpoints[0] < STEPS, checkpoints
+    stop = checkpoints[0]
+    step_dir = out / "checkpoints" / f"step-{stop:06d}"
+    assert {p.name for p in step_dir.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    messages = [json.loads((tmp_path / f"term{r}.log").read_text())["message"] for r in range(2)]
+    assert f"stopped by another rank's signal after step {stop} of {STEPS}" in messages[0]
+    assert f"stopped by SIGTERM after step {stop} of {STEPS}" in messages[1]
+    assert not (out / RESULT_KEY).exists()
+
+
+@pytest.mark.slow
+def test_a_multi_gpu_pods_first_process_forwards_sigterm_to_its_ranks(tmp_path, tiny_checkpoint, prepared_dataset):
+    # ICLORA_GPUS_PER_NODE=2: `iclora train` starts one process per GPU; a runtime signals only the
+    # container's first process, which must pass SIGTERM on and wait for both ranks to checkpoint.
+    argv = _argv(tmp_path, tiny_checkpoint, prepared_dataset)
+    argv[argv.index("--engine") + 1] = "deepspeed"
+    out = tmp_path / "out"
+    env = {"ICLORA_GPUS_PER_NODE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1"}
+    parent, _seen = run_and_sigterm(argv, out / PROGRESS_KEY, at_step=2, env=env)
+    assert parent.returncode == ExitCode.PREEMPTED, parent.stdout[-3000:]
+    checkpoints = completed_steps(LocalStore(out))
+    assert len(checkpoints) == 1 and checkpoints[0] < STEPS, checkpoints
+    step_dir = out / "checkpoints" / f"step-{checkpoints[0]:06d}"
+    assert {p.name for p in step_dir.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    assert parent.stdout.count(f"stopped by SIGTERM after step {checkpoints[0]} of {STEPS}") == 2

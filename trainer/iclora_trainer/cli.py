@@ -94,7 +94,7 @@ def _report_failure(args: argparse.Namespace, result: Any) -> None:
 
 def _maybe_spawn_local_ranks() -> int | None:
     """On a multi-GPU pod started without LOCAL_RANK, run one child per GPU and return the worst code."""
-    from iclora_api.contract import GPUS_PER_NODE_ENV
+    from iclora_api.contract import GPUS_PER_NODE_ENV, ExitCode
 
     gpus = int(os.environ.get(GPUS_PER_NODE_ENV, "1"))
     if gpus <= 1 or "LOCAL_RANK" in os.environ:
@@ -115,7 +115,8 @@ def _maybe_spawn_local_ranks() -> int | None:
 
     signal.signal(signal.SIGTERM, forward)
     codes = [c.wait() for c in children]
-    return max(codes, key=lambda c: (c != 0, c))
+    # The worst code; a real failure of one rank wins over the others' PREEMPTED (which is retried free).
+    return max(codes, key=lambda c: (c != 0, c != ExitCode.PREEMPTED, c))
 
 
 def _train(args: argparse.Namespace, stop: Any = None) -> Any:
