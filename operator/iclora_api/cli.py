@@ -7,8 +7,10 @@ commands in the `iclora.commands` entry-point group of its distribution
 `register(subparsers)`; the module imports nothing heavy at import time (torch,
 kopf and av are imported inside the command function), so `iclora validate`
 stays fast. The dispatcher therefore imports neither the operator nor the
-trainer: an image without the trainer or without the development tools simply
-lists fewer commands.
+trainer. An install without the development tools (every image) lists no
+`local-cluster` or `demo`; the operator image, which installs the distribution
+without the `trainer` extra, lists `train` and `dataset` but cannot run them
+(they need torch and PyAV, which only the trainer image has).
 """
 
 from __future__ import annotations

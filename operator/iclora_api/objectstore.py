@@ -84,13 +84,18 @@ class StoreCredentials:
     ) -> StoreCredentials:
         """From the AWS_* variables of `env` (default os.environ), or a credentials Secret's data.
 
-        With a `prefix` (DATASET_CREDENTIALS_ENV_PREFIX), each prefixed variable wins over the plain
-        one. Unset or empty: the endpoint is AWS's, the region `region`, the keys empty.
+        With a `prefix` (DATASET_CREDENTIALS_ENV_PREFIX, MODEL_CREDENTIALS_ENV_PREFIX): when any
+        prefixed variable is set, the prefixed set is the whole credential (a Secret holding only keys
+        talks to AWS, never sends them to the run store's endpoint or region); when none is, the
+        plain AWS_* set applies (the CLI on one box). Unset or empty: the endpoint is AWS's, the
+        region `region`, the keys empty.
         """
         env = os.environ if env is None else env
+        names = (AWS_ENDPOINT_URL_ENV, AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_REGION_ENV)
+        use = prefix if prefix and any(env.get(prefix + n) for n in names) else ""
 
         def var(name: str) -> str:
-            return (env.get(prefix + name) if prefix else None) or env.get(name) or ""
+            return env.get(use + name) or ""
 
         return cls(
             endpoint=var(AWS_ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT,

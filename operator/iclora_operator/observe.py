@@ -24,6 +24,7 @@ from iclora_api.contract import (
     run_prefix,
     split_s3_uri,
 )
+from iclora_api.objectstore import parse_endpoint
 from iclora_api.profile import TrainingProfileSpec, profile_spec_from_object
 from iclora_api.validation import SpecInvalid, validate_spec
 from iclora_operator.adapters.kube import job_state
@@ -60,6 +61,10 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
     if data:
         # The Secret holds the same AWS_* keys the pods get as variables (AWS's endpoint if none).
         creds = Credentials.from_env(data, region=cfg.region)
+        try:
+            parse_endpoint(creds.endpoint)
+        except ValueError as exc:  # the tenant fixes the Secret; the training waits, saying what is wrong
+            raise SecretMissing(f"Secret {ns}/{secret_name} (spec.output.credentialsSecretRef): {exc}") from None
         endpoint, region = creds.endpoint, creds.region or cfg.region
     else:
         endpoint, region, creds = cfg.endpoint, cfg.region, default_creds
@@ -68,7 +73,7 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
 
 
 class SecretMissing(LookupError):
-    """A Secret named by the spec does not exist in the resource's own namespace."""
+    """A Secret named by the spec does not exist in the resource's own namespace, or cannot be used."""
 
 
 def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> JobState | None:
@@ -149,6 +154,12 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
     store = memo.store(creds)
     preflight_job = _job(memo, jobs, ns, ctx.names.preflight, uid)
     training_job = _job(memo, jobs, ns, ctx.names.training, uid)
+    legacy = f"{name}-train"  # operators up to 0.1.0 named every training Job so (valid up to 63)
+    if training_job is None and legacy != ctx.names.training and len(legacy) <= 63:
+        found = _job(memo, jobs, ns, legacy, uid)
+        if found is not None and found.owned:  # a run started before an upgrade: keep driving its Job
+            training_job = found
+            ctx = replace(ctx, names=replace(ctx.names, training=legacy))
     result = progress = None
     verified = None
     # Reports are written once at the end of a stage: cache them, they never change. A

@@ -263,3 +263,17 @@ def test_a_cache_the_trainer_cannot_write_is_the_profiles_fault(tmp_path, server
     monkeypatch.setattr(provision_module, "_locked", refused)
     with pytest.raises(ModelConfigError, match="is not writable by uid"):
         provision([server.url], tmp_path / "cache")
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/./b", "", "a\\..\\b"])
+def test_a_folder_object_that_would_leave_its_cache_entry_is_refused(rel):
+    from iclora_trainer.model.provision import _safe_rel
+
+    with pytest.raises(ModelConfigError, match="not a plain relative path"):
+        _safe_rel("s3://b/models/gemma/", rel)
+
+
+def test_plain_folder_objects_keep_their_relative_paths():
+    from iclora_trainer.model.provision import _safe_rel
+
+    assert _safe_rel("s3://b/models/gemma/", "tokenizer/tokenizer.model") == "tokenizer/tokenizer.model"

@@ -84,12 +84,21 @@ def test_credentials_from_env_reads_the_aws_variables():
                                                                                    "eu-west-1")
 
 
-def test_credentials_prefix_wins_per_variable_with_fallback():
+def test_prefixed_credentials_are_a_whole_set_never_mixed_with_the_run_store():
+    """A dataset or model Secret holding only keys talks to AWS: its keys never go to the run store."""
     env = {"AWS_ENDPOINT_URL": "http://store:9000", "AWS_ACCESS_KEY_ID": "run", "AWS_SECRET_ACCESS_KEY": "run-s",
+           "AWS_REGION": "eu-west-3",
            f"{DATASET_CREDENTIALS_ENV_PREFIX}AWS_ACCESS_KEY_ID": "data",
            f"{DATASET_CREDENTIALS_ENV_PREFIX}AWS_SECRET_ACCESS_KEY": "data-s"}
     creds = StoreCredentials.from_env(env, prefix=DATASET_CREDENTIALS_ENV_PREFIX)
-    assert (creds.endpoint, creds.access_key, creds.secret_key) == ("http://store:9000", "data", "data-s")
+    assert (creds.endpoint, creds.access_key, creds.secret_key, creds.region) == (
+        "https://s3.amazonaws.com", "data", "data-s", None)
+
+
+def test_without_prefixed_variables_the_plain_set_applies():
+    env = {"AWS_ENDPOINT_URL": "http://store:9000", "AWS_ACCESS_KEY_ID": "run", "AWS_SECRET_ACCESS_KEY": "run-s"}
+    creds = StoreCredentials.from_env(env, prefix=DATASET_CREDENTIALS_ENV_PREFIX)
+    assert (creds.endpoint, creds.access_key, creds.secret_key) == ("http://store:9000", "run", "run-s")
 
 
 def test_secret_key_stays_out_of_repr():

@@ -196,7 +196,11 @@ def _not_starting(obs: Observed, draft: _Draft, job: JobState, now: datetime, de
         waited = (now - datetime.fromisoformat(stuck.since.replace("Z", "+00:00"))).total_seconds()
     except ValueError:
         waited = 0.0
-    if waited > timeout:
+    # A run that has trained before (a preempted or evicted pod being replaced) keeps its checkpoint
+    # and waits for capacity visibly, bounded by trainingDeadlineSeconds: the pod-start timeout is
+    # for runs that never started, not a reason to throw away a resumable training.
+    resumable = delete is Action.DELETE_TRAINING and obs.progress is not None and obs.progress.step > 0
+    if waited > timeout and not resumable:
         draft.actions.append(delete)
         _fail(draft, reason, f"{what} (for more than {timeout} s, the profile's podStartTimeoutSeconds)")
         return
@@ -384,7 +388,10 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
             draft.set(Phase.PENDING, Reason.SECRET_NOT_FOUND, obs.blocked)
         elif _decide_preflight(obs, draft, now):
             _decide_training(obs, draft, now)
-            if draft.phase == Phase.TRAINING and _stale(obs, now, stale_after):
+            # A stale heartbeat says nothing new when we already know why (a pod that does not start).
+            known = draft.reconciling_reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED,
+                                                 Reason.POD_NOT_STARTING)
+            if draft.phase == Phase.TRAINING and not known and _stale(obs, now, stale_after):
                 draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
 
     report = obs.preflight_report

@@ -446,6 +446,20 @@ def test_a_training_pod_that_does_not_start_past_the_timeout_fails_and_deletes_i
     assert ("Warning", "ImagePullFailed") in [(e.type, e.reason) for e in plan.events]
 
 
+def test_a_preempted_training_waiting_for_capacity_is_shown_but_never_failed_by_the_pod_timeout():
+    """A replacement pod of a run that already trained waits visibly; its checkpoint is not thrown away."""
+    profile = TrainingProfileSpec(pod_start_timeout_seconds=60)
+    ran = replace(BASE, profile=profile, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                  progress=Progress(step=9000, totalSteps=10000, loss=0.1, heartbeat="2026-11-24T11:00:00Z"))
+    waiting = job(active=1, not_starting=_stuck("Unschedulable", "0/8 nodes are available", 3600,
+                                                  pod="t-train-0-xyz"))
+    plan = decide(replace(ran, training_job=waiting, status={"startTime": "2026-11-24T10:00:00Z"}), NOW)
+    s = written(plan)
+    assert Action.DELETE_TRAINING not in plan.actions
+    assert s["phase"] == "Training" and "failure" not in s
+    assert conds(s)["Reconciling"] == ("True", "Unschedulable")
+
+
 def test_an_unschedulable_preflight_past_the_timeout_fails_with_unschedulable():
     stuck = job("t-preflight", active=1, not_starting=_stuck("Unschedulable", "0/1 nodes are available", 601))
     plan = decide(replace(BASE, preflight_job=stuck), NOW)  # default podStartTimeoutSeconds: 600

@@ -143,6 +143,18 @@ def _s3_error(uri: str, exc: Exception) -> Exception:
     return ObjectStoreError(f"model source {uri}: {type(exc).__name__}: {exc}")
 
 
+def _safe_rel(uri: str, rel: str) -> str:
+    """A folder source's object name below its prefix as a relative path that stays in the cache entry.
+
+    Object keys are arbitrary strings: `a/../../x`, `/etc/x` or `a//b` would otherwise address a
+    file outside the entry (another source's cached weights). Such a key is refused, naming it.
+    """
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\\" in rel:
+        raise ModelConfigError(f"model source {uri}: object {rel!r} is not a plain relative path; refusing it")
+    return rel
+
+
 def _resolve_s3(uri: str, env: Mapping[str, str]) -> Source:
     from minio.error import S3Error
 
@@ -172,7 +184,7 @@ def _resolve_s3(uri: str, env: Mapping[str, str]) -> Source:
                 if obj.is_dir or obj.object_name.endswith("/"):
                     continue
                 etag = (obj.etag or "").strip('"')
-                files.append(RemoteFile(obj.object_name[len(prefix):], int(obj.size or 0), etag,
+                files.append(RemoteFile(_safe_rel(uri, obj.object_name[len(prefix):]), int(obj.size or 0), etag,
                                         etag if re.fullmatch(r"[0-9a-f]{32}", etag) else None,
                                         ref=(obj.object_name, obj.version_id)))
             folder = True
