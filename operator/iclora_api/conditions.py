@@ -77,6 +77,10 @@ class Reason(StrEnum):
     POD_NOT_STARTING = "PodNotStarting"
     """Reconciling, then Stalled: a container waits for another reason (CreateContainerConfigError:
     a missing Secret or ConfigMap, CreateContainerError, ...)."""
+    POD_CREATION_REFUSED = "PodCreationRefused"
+    """Reconciling, then Stalled: the API server refuses to create the Job's pods (the Job's
+    FailedCreate Event): a Pod Security or admission policy (Stalled after podStartTimeoutSeconds),
+    or a ResourceQuota (Reconciling until the quota frees up or the Job's deadline)."""
     # Progress reasons.
     VALIDATING = "Validating"
     """Reconciling: the operator has seen the resource and is checking it."""

@@ -293,6 +293,12 @@ class TrainingProfileSpec(_ProfileModel):
             "trainer finishes its step and writes a checkpoint within it; longer than a step plus a "
             "checkpoint upload."),
     )
+    collective_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = Field(
+        default=1800, description=(
+            "Process-group timeout of a multi-rank training (DeepSpeed/torch.distributed, any backend): a "
+            "collective a lost rank never joins fails after this, the ranks exit and the training restarts "
+            "from its last checkpoint. Longer than the slowest rank-0-only step (validation reels)."),
+    )
     zero_stage: Annotated[int, Field(ge=0, le=2)] = 2
     acceleration: Acceleration = Field(default_factory=Acceleration, description="Speed levers of the step.")
     model: ModelSource | None = Field(default=None, description=(

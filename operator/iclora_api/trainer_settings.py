@@ -83,6 +83,9 @@ class TrainerSettings(SpeedLevers):
         default="auto", description="auto: DeepSpeed when more than one rank or on GPU, else plain torch."
     )
     zero_stage: int = Field(default=2, ge=0, le=2)
+    collective_timeout_seconds: int = Field(
+        default=1800, ge=1, description="Process-group timeout in seconds (any backend): bounds a lost rank's wait."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="auto: bf16 on GPU, fp32 on CPU."

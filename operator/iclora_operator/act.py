@@ -39,7 +39,7 @@ from iclora_operator.render import (
     render_store_secret,
     render_training_job,
 )
-from iclora_operator.runtime import Indexes, Memo, RetryLater, observable_key, phase_of, waits_for_pods
+from iclora_operator.runtime import Indexes, Memo, RetryLater, observable_key, tick_due
 
 log = logging.getLogger(__name__)
 EVENT_MESSAGE_MAX = 1024
@@ -70,6 +70,8 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
         elif action in (Action.DELETE_PREFLIGHT, Action.DELETE_TRAINING):
             job = ctx.names.preflight if action == Action.DELETE_PREFLIGHT else ctx.names.training
             kube.delete_job(ctx.namespace, job)
+        elif action == Action.RESTART_RANKS:
+            kube.delete_pods(ctx.namespace, plan.restart_pods)
 
 
 def _record_billing(memo: Memo, plan: Plan, ctx: RunContext) -> None:
@@ -214,8 +216,5 @@ def tick(memo: Memo, uid: str, indexes: Indexes) -> None:
     body = memo.latest(uid)
     if body is None:
         return  # deleted meanwhile
-    due = memo.settings.quiet_tick_due(phase_of(body))
-    if due is not None and waits_for_pods(body, indexes.jobs):
-        # A pod that does not start changes no Job: look at the pods every other tick meanwhile.
-        due = min(due, 2 * memo.settings.reconcile_interval_seconds)
-    reconcile_guarded(body, memo, indexes, due, wait=False)
+    # The same rule the ticker chose this training by (tighter while a Job waits for pods).
+    reconcile_guarded(body, memo, indexes, tick_due(memo.settings, body, indexes.jobs), wait=False)

@@ -9,6 +9,7 @@ renderers need too. Decides nothing and writes nothing.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -76,6 +77,18 @@ class SecretMissing(LookupError):
     """A Secret named by the spec does not exist in the resource's own namespace, or cannot be used."""
 
 
+# How long a new Job may go without pods before its Events are read (the Job controller's first sync).
+POD_CREATION_GRACE_SECONDS = 3.0
+
+
+def _age_seconds(created: str) -> float:
+    """Seconds since an RFC 3339 timestamp (0 when absent or unreadable)."""
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return 0.0
+
+
 def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> JobState | None:
     obj = first_indexed(jobs, (namespace, name))
     if obj is None:
@@ -84,9 +97,17 @@ def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> J
     if state.failed and state.owned:
         code, message = memo.kube.failed_pod(namespace, name)
         state = replace(state, exit_code=code, termination_message=message)
+    elif state.lacks_pods:
+        # No pod at all some seconds after the Job was created: one Event list (only in this
+        # state) says whether the API server refuses them (Pod Security, admission, quota).
+        if _age_seconds(state.created) > POD_CREATION_GRACE_SECONDS:
+            state = replace(state, not_starting=memo.kube.pod_creation_refused(namespace, state))
     elif state.waits_for_pods:
         # One pod list, only while a pod of the active Job is not ready: why does it not start?
         state = replace(state, not_starting=memo.kube.pod_not_starting(namespace, name))
+    if state.may_have_stranded_pods:
+        # A rank's pod failed in a multi-node Job: which of its peers still wait for it (gang restart)?
+        state = replace(state, stranded=memo.kube.stranded_pods(namespace, name))
     return state
 
 

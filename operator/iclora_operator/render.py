@@ -444,6 +444,7 @@ def trainer_settings(ctx: RunContext) -> dict[str, Any]:
     settings = TrainerSettings(
         checkpoint_interval=p.checkpoint_interval,
         zero_stage=p.zero_stage,
+        collective_timeout_seconds=p.collective_timeout_seconds,
         device=p.device,
         # The profile's levers are TrainerSettings' own fields (SpeedLevers): copied by name.
         **{name: getattr(p.acceleration, name) for name in SpeedLevers.model_fields},

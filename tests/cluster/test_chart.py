@@ -162,6 +162,11 @@ def test_operator_completes_a_lifecycle_with_only_the_charts_rbac(local_cluster,
         assert status["phase"] == "Succeeded", status
         assert status["billingUnits"] == 150
         assert len(trainings.events("lp", "Billed")) == 1
+        # A Job without pods: the operator lists its FailedCreate Events (why pods are refused).
+        review = client.AuthorizationV1Api(k8s_api).create_subject_access_review({"spec": {
+            "user": f"system:serviceaccount:{k8s_namespace}:{sa}",
+            "resourceAttributes": {"namespace": trainings.namespace, "verb": "list", "resource": "events"}}})
+        assert review.status.allowed, review.status
     finally:
         _delete_cluster_rbac(k8s_api, created)
 

@@ -30,6 +30,11 @@ class _Server(http.server.ThreadingHTTPServer):
     break_after: int | None = None  # drop the connection after this many body bytes (once)
     sent = 0
     range_requests = 0
+    failures: list[int]  # statuses answered (one per request, HEAD or GET) before serving normally
+    retry_after: str | None = None  # sent with each of those
+    head_status: int | None = None  # HEAD refused with this (a presigned GET URL answers 403)
+    head_length = True  # False: HEAD sends no Content-Length
+    heads = 0
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -38,28 +43,44 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _head(self) -> tuple[int, int]:
+    def _refuse(self, status: int) -> None:
+        self.send_response(status)
+        if self.server.retry_after is not None:
+            self.send_header("Retry-After", self.server.retry_after)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _head(self, head: bool = False) -> tuple[int, int]:
         srv = self.server
         if self.path != "/models/ltx.safetensors":
             self.send_error(404)
             return -1, -1
-        start = 0
+        if srv.failures:
+            self._refuse(srv.failures.pop(0))
+            return -1, -1
+        if head and srv.head_status:
+            self._refuse(srv.head_status)
+            return -1, -1
+        start, end = 0, len(srv.blob)
         if srv.ranges and self.headers.get("Range", "").startswith("bytes="):
-            start = int(self.headers["Range"][6:].split("-")[0])
+            first, _, last = self.headers["Range"][6:].partition("-")
+            start, end = int(first), min(end, int(last) + 1) if last else end
             srv.range_requests += 1
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(srv.blob) - 1}/{len(srv.blob)}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(srv.blob)}")
         else:
             self.send_response(200)
         if srv.ranges:
             self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", '"v1"')
-        self.send_header("Content-Length", str(len(srv.blob) - start))
+        if not head or srv.head_length:
+            self.send_header("Content-Length", str(end - start))
         self.end_headers()
-        return start, len(srv.blob)
+        return start, end
 
     def do_HEAD(self) -> None:
-        self._head()
+        self.server.heads += 1
+        self._head(head=True)
 
     def do_GET(self) -> None:
         start, end = self._head()
@@ -79,6 +100,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.failures = []
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/models/ltx.safetensors"
@@ -170,6 +192,75 @@ def test_missing_https_source_is_the_profiles_fault(tmp_path, server):
     url = server.url.replace("ltx", "nope")
     with pytest.raises(ModelConfigError, match=f"{url}: HTTP 404"):
         provision([url], tmp_path / "cache")
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """The waits between retries, recorded instead of slept."""
+    import iclora_trainer.model.provision as provision_module
+
+    waited: list[float] = []
+    monkeypatch.setattr(provision_module.time, "sleep", waited.append)
+    return waited
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_a_transient_status_is_retried_with_backoff(tmp_path, server, sleeps, status):
+    server.failures = [status, status]  # the HEAD twice (e.g. many pods starting at once), then served
+    (path,), tally = provision([server.url], tmp_path / "cache")
+    assert path.read_bytes() == BLOB and tally.downloaded == len(BLOB)
+    assert sleeps == [0.5, 1.0]
+
+
+def test_retry_after_is_honoured_and_bounded(tmp_path, server, sleeps):
+    from iclora_trainer.model.provision import RETRY_AFTER_MAX
+
+    server.failures, server.retry_after = [429], "7"
+    provision([server.url], tmp_path / "a")
+    server.failures, server.retry_after = [429], "86400"
+    provision([server.url], tmp_path / "b")
+    server.failures, server.retry_after = [503], "Wed, 21 Oct 2015 07:28:00 GMT"  # a date passed: at once
+    provision([server.url], tmp_path / "c")
+    assert sleeps == [7.0, RETRY_AFTER_MAX, 0.0]
+
+
+@pytest.mark.parametrize("status", [408, 429, 503])
+def test_a_status_that_stays_transient_is_a_store_outage_never_the_profiles_fault(tmp_path, server, sleeps,
+                                                                                 status):
+    server.failures = [status] * 10
+    with pytest.raises(ObjectStoreError, match=f"{server.url}: HTTP {status} .*after 4 attempts"):
+        provision([server.url], tmp_path / "cache")
+    assert len(sleeps) == 3
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 410])
+def test_a_refused_source_is_the_profiles_fault_at_once(tmp_path, server, sleeps, status):
+    server.failures = [status] * 10  # a 403 to HEAD is retried once as a ranged GET (a presigned URL)
+    with pytest.raises(ModelConfigError, match=f"{server.url}: HTTP {status}"):
+        provision([server.url], tmp_path / "cache")
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("refusal", [403, 405, "no length"])
+def test_metadata_from_a_ranged_get_when_head_is_refused_or_says_no_length(tmp_path, server, refusal):
+    if refusal == "no length":
+        server.head_length = False
+    else:
+        server.head_status = refusal  # a presigned GET URL answers 403 to HEAD
+    (path,), tally = provision([server.url], tmp_path / "cache")
+    assert path.read_bytes() == BLOB and tally.downloaded == len(BLOB)
+    assert server.range_requests == 1  # the one-byte probe: its Content-Range gave the size
+    assert server.sent == len(BLOB) + 1  # the probe read nothing more
+    # The same version as through HEAD: the cache entry is found again (ETag and size agree).
+    server.head_status, server.head_length = None, True
+    (again,), warm = provision([server.url], tmp_path / "cache")
+    assert again == path and warm.reused == len(BLOB)
+
+
+def test_without_head_or_ranges_the_whole_files_length_is_used(tmp_path, server):
+    server.head_status, server.ranges = 403, False  # the probe gets a 200 with the whole file's length
+    (path,), _ = provision([server.url], tmp_path / "cache")
+    assert path.read_bytes() == BLOB
 
 
 def test_an_unreachable_server_is_a_store_outage_retried(tmp_path, monkeypatch):

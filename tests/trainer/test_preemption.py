@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,51 @@ def test_a_multi_gpu_pods_first_process_forwards_sigterm_to_its_ranks(tmp_path, 
     step_dir = out / "checkpoints" / f"step-{checkpoints[0]:06d}"
     assert {p.name for p in step_dir.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
     assert parent.stdout.count(f"stopped by SIGTERM after step {checkpoints[0]} of {STEPS}") == 2
+
+
+class _SlowRank:
+    """A local rank process as `_maybe_spawn_local_ranks` sees it: slow to start (the runtime's
+    SIGTERM lands while rank 0 is being started), recording what it is sent; rank 1 dies of the
+    signal (as one that has not installed its handler yet), rank 0 exits PREEMPTED."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.rank = int(env["LOCAL_RANK"])
+        self.signals: list[int] = []
+        if self.rank == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, before this child is known to the parent
+
+    def poll(self) -> int | None:
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def wait(self) -> int:
+        if not self.signals:
+            return 0
+        return ExitCode.PREEMPTED if self.rank == 0 else -signal.SIGTERM
+
+
+def test_a_sigterm_while_the_local_ranks_start_reaches_every_rank(monkeypatch):
+    from iclora_api.contract import GPUS_PER_NODE_ENV
+    from iclora_trainer import cli
+
+    started: list[_SlowRank] = []
+
+    def popen(argv: list[str], env: dict[str, str]) -> _SlowRank:
+        started.append(_SlowRank(argv, env))
+        return started[-1]
+
+    monkeypatch.setenv(GPUS_PER_NODE_ENV, "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(cli.subprocess, "Popen", popen)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = cli._maybe_spawn_local_ranks()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Neither rank existed when the signal came: each gets it once, as it starts.
+    assert [r.signals for r in started] == [[signal.SIGTERM], [signal.SIGTERM]]
+    # The rank it killed before its own handler was up counts as preempted, not as a failure.
+    assert code == ExitCode.PREEMPTED

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +100,31 @@ def _maybe_spawn_local_ranks() -> int | None:
     gpus = int(os.environ.get(GPUS_PER_NODE_ENV, "1"))
     if gpus <= 1 or "LOCAL_RANK" in os.environ:
         return None
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "iclora_trainer", *sys.argv[1:]],
-            env={**os.environ, "LOCAL_RANK": str(i)},
-        )
-        for i in range(gpus)
-    ]
+    children: list[Any] = []
+    received: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
         # The runtime signals the container's first process only: each rank checkpoints and exits.
+        received.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
+    # Before the first child: a SIGTERM while they start (this is PID 1, whose default action is to
+    # ignore it) is remembered and given to each child that starts after it.
     signal.signal(signal.SIGTERM, forward)
+    for i in range(gpus):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "iclora_trainer", *sys.argv[1:]],
+            env={**os.environ, "LOCAL_RANK": str(i)},
+        )
+        children.append(child)
+        if received and child.poll() is None:
+            child.send_signal(received[-1])  # it came while this child started (a second one is harmless)
     codes = [c.wait() for c in children]
+    if received:
+        # A rank the signal reached before it installed its own handler died of it: nothing to save.
+        codes = [ExitCode.PREEMPTED if c == -signal.SIGTERM else c for c in codes]
     # The worst code; a real failure of one rank wins over the others' PREEMPTED (which is retried free).
     return max(codes, key=lambda c: (c != 0, c != ExitCode.PREEMPTED, c))
 
@@ -186,7 +196,10 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
         import torch
 
         export_torch_env(dist)
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        # Bounded by the profile, whatever the backend: a collective that a lost rank never joins
+        # fails after this, every rank exits and the Job restarts the gang from the last checkpoint.
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=timedelta(seconds=settings.collective_timeout_seconds))
     outcome = train(plan, settings, dataset_dir, store, dist, model_fetch=model_fetch, stop=stop)
     return outcome.result
 

@@ -28,10 +28,11 @@ app.kubernetes.io/component: operator
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Application: exit codes and termination messages of failed pods; why a pod does not start.
+# Application: exit codes and termination messages of failed pods; why a pod does not start;
+# delete: a gang restart deletes the peers of a multi-node training's failed rank.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "delete"]
 # Application: headless Service of multi-node trainings.
 - apiGroups: [""]
   resources: ["services"]
@@ -44,6 +45,10 @@ app.kubernetes.io/component: operator
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Application: why the pods of a Job that has none are refused (the Job's FailedCreate Events).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- if .Values.kueue.enabled }}
 # Application: with Kueue, spec.suspend deactivates the training Job's Workload (Kueue owns Job.suspend).
 - apiGroups: ["kueue.x-k8s.io"]

@@ -13,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from iclora_operator.reconcile.observed import ChildRejection, JobState, PodNotStarting
+from iclora_operator.reconcile.observed import POD_CREATION_REFUSED, ChildRejection, JobState, PodNotStarting
 from iclora_operator.render import (
     DNS_SUBDOMAIN_MAX,
     LABEL_COMPONENT,
@@ -160,6 +160,21 @@ class Kube:
                     latest = (term.finished_at, term.exit_code, term.message)
         return (latest[1], latest[2]) if latest else (None, None)
 
+    def stranded_pods(self, namespace: str, job_name: str) -> tuple[str, ...]:
+        """Live pods of a Job created before its latest pod failure (see `stranded_pods`)."""
+        pods = _json(self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
+                                                   _preload_content=False))
+        return stranded_pods(pods.get("items") or [])
+
+    def delete_pods(self, namespace: str, names: tuple[str, ...]) -> None:
+        """Delete pods with their grace period (SIGTERM first); one already gone is fine."""
+        for name in names:
+            try:
+                self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
     def pod_not_starting(self, namespace: str, job_name: str) -> PodNotStarting | None:
         """The oldest pod of a Job that cannot start: unschedulable, or a container waiting for a
         reason other than being created (ImagePullBackOff, CreateContainerConfigError, ...)."""
@@ -171,6 +186,25 @@ class Kube:
             if problem is not None and (found is None or problem.since < found.since):
                 found = problem
         return found
+
+    def pod_creation_refused(self, namespace: str, job: JobState) -> PodNotStarting | None:
+        """Why the API server refuses to create the pods of a Job that has none: the Job controller's
+        latest `FailedCreate` Event on it (a Pod Security or admission policy, a ResourceQuota)."""
+        selector = (f"involvedObject.kind=Job,involvedObject.name={job.name},"
+                    f"reason={POD_CREATION_REFUSED}")
+        if job.uid:
+            selector += f",involvedObject.uid={job.uid}"
+        events = _json(self.core.list_namespaced_event(namespace, field_selector=selector,
+                                                       _preload_content=False))
+
+        def when(event: dict[str, Any]) -> str:
+            return str(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or "")
+
+        latest = max(events.get("items") or [], key=when, default=None)
+        if latest is None:
+            return None
+        return PodNotStarting(pod=job.name, reason=POD_CREATION_REFUSED, message=str(latest.get("message") or ""),
+                              since=job.created)
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and (in the background) its pods; one already gone is fine."""
@@ -265,19 +299,52 @@ def job_summary(job: Any) -> dict[str, Any]:
     return {
         "metadata": {
             "name": meta.get("name"),
+            "uid": meta.get("uid"),
+            "creationTimestamp": meta.get("creationTimestamp"),
             "labels": dict(meta.get("labels") or {}),
             "annotations": {k: v for k, v in annotations.items() if k == SUSPENDED_BY_USER},
         },
-        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
+        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend")),
+                 # Pods at once: a multi-node training is a gang (stranded_pods).
+                 "parallelism": (job.get("spec") or {}).get("parallelism") or 1},
         "status": {
             "active": status.get("active") or 0,
             "ready": status.get("ready") or 0,
+            "succeeded": status.get("succeeded") or 0,
+            "failed": status.get("failed") or 0,
             "conditions": [
                 {k: c.get(k) for k in ("type", "status", "reason", "message")}
                 for c in status.get("conditions") or []
             ],
         },
     }
+
+
+def stranded_pods(pods: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Names of the live pods created before the latest failure of a pod beside them (pod dicts).
+
+    A multi-node training is one gang: when a rank's pod fails, the Job controller replaces that
+    index only, and the other ranks sit in a collective with a peer that is gone (NCCL until the
+    process-group timeout). Those older live pods are the ones to restart; pods created after the
+    failure are the replacements and stay. Pods being deleted (by a gang restart, a suspend) are
+    neither restarted nor failures: a restart's own deletions never trigger another one.
+    """
+    def finished(pod: dict[str, Any]) -> str:
+        times = [str(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt") or "")
+                 for cs in (pod.get("status") or {}).get("containerStatuses") or []]
+        return max([t for t in times if t] or [str((pod.get("metadata") or {}).get("creationTimestamp") or "")])
+
+    failed = [finished(p) for p in pods if (p.get("status") or {}).get("phase") == "Failed"
+              and not (p.get("metadata") or {}).get("deletionTimestamp")]
+    if not failed:
+        return ()
+    latest = max(failed)
+    return tuple(sorted(
+        str(meta.get("name")) for p in pods
+        if (meta := p.get("metadata") or {}) and not meta.get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") in ("Pending", "Running")
+        and str(meta.get("creationTimestamp") or "") < latest
+    ))
 
 
 def job_state(job: dict[str, Any], uid: str) -> JobState:
@@ -293,6 +360,11 @@ def job_state(job: dict[str, Any], uid: str) -> JobState:
         suspended=bool(spec.get("suspend")),
         active=int(status.get("active") or 0),
         ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed_pods=int(status.get("failed") or 0),
+        parallelism=int(spec.get("parallelism") or 1),
+        uid=meta.get("uid") or "",
+        created=meta.get("creationTimestamp") or "",
         complete="Complete" in conds,
         failed=failed is not None,
         failure_reason=failed.get("reason") if failed else None,

@@ -27,9 +27,11 @@ from iclora_api.v1alpha1 import (
 )
 from iclora_operator.billing import billing_units
 from iclora_operator.reconcile.failures import classify_failure
-from iclora_operator.reconcile.observed import JobState, Observed
+from iclora_operator.reconcile.observed import POD_CREATION_REFUSED, JobState, Observed
 
 TERMINAL_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}
+# The Warning Event of a gang restart (Action.RESTART_RANKS).
+GANG_RESTART_EVENT = "RestartingRanks"
 
 
 class Action(StrEnum):
@@ -42,6 +44,9 @@ class Action(StrEnum):
     # A Job whose pod did not start in time: deleted with its pods (frees the slot and the GPUs).
     DELETE_PREFLIGHT = "DeletePreflight"
     DELETE_TRAINING = "DeleteTraining"
+    # A rank of a multi-node training failed: its peers' pods (Plan.restart_pods) are deleted so
+    # that the Job recreates every index and the whole gang resumes from the last checkpoint.
+    RESTART_RANKS = "RestartRanks"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class Plan:
     # Whether the training Job should be created suspended (Kueue admits it).
     create_suspended: bool = False
     billed: int | None = None
+    # Pods of the training Job to delete for Action.RESTART_RANKS.
+    restart_pods: tuple[str, ...] = ()
 
 
 @dataclass
@@ -175,8 +182,15 @@ def _rejected(obs: Observed, draft: _Draft) -> str | None:
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 
 
+# API server messages of a ResourceQuota that refuses pods for now: used up, or not yet counted.
+QUOTA_WAITS = ("exceeded quota", "status unknown for quota")
+
+
 def _pod_reason(why: str) -> Reason:
-    """Our reason for a pod's scheduler (`Unschedulable`) or kubelet waiting reason."""
+    """Our reason for a pod's scheduler (`Unschedulable`) or kubelet waiting reason, or for the
+    Job controller's `FailedCreate` (the API server refuses the pods)."""
+    if why == POD_CREATION_REFUSED:
+        return Reason.POD_CREATION_REFUSED
     if why == "Unschedulable":
         return Reason.UNSCHEDULABLE
     return Reason.IMAGE_PULL_FAILED if why in IMAGE_PULL_REASONS else Reason.POD_NOT_STARTING
@@ -191,6 +205,12 @@ def _not_starting(obs: Observed, draft: _Draft, job: JobState, now: datetime, de
     reason = _pod_reason(stuck.reason)
     detail = stuck.reason if stuck.message in ("", stuck.reason) else f"{stuck.reason}: {stuck.message}"
     what = f"pod {stuck.pod} does not start: {detail}"
+    # A ResourceQuota frees up when other pods end: the Job waits, visibly, until it gets its pods or
+    # its activeDeadlineSeconds (trainingDeadlineSeconds). A policy refuses the same pod again.
+    waiting_for_quota = False
+    if reason is Reason.POD_CREATION_REFUSED:
+        what = f"the API server refuses to create the pods of Job {stuck.pod}: {stuck.message or stuck.reason}"
+        waiting_for_quota = any(m in stuck.message for m in QUOTA_WAITS)
     timeout = obs.profile.pod_start_timeout_seconds
     try:
         waited = (now - datetime.fromisoformat(stuck.since.replace("Z", "+00:00"))).total_seconds()
@@ -200,7 +220,7 @@ def _not_starting(obs: Observed, draft: _Draft, job: JobState, now: datetime, de
     # and waits for capacity visibly, bounded by trainingDeadlineSeconds: the pod-start timeout is
     # for runs that never started, not a reason to throw away a resumable training.
     resumable = delete is Action.DELETE_TRAINING and obs.progress is not None and obs.progress.step > 0
-    if waited > timeout and not resumable:
+    if waited > timeout and not resumable and not waiting_for_quota:
         draft.actions.append(delete)
         _fail(draft, reason, f"{what} (for more than {timeout} s, the profile's podStartTimeoutSeconds)")
         return
@@ -347,6 +367,14 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
         draft.admitted = (False, why, draft.message)
         return
     _running(draft)
+    if job.stranded:
+        # Gang restart: a rank failed (it counts against backoffLimit), its peers wait for it in a
+        # collective; restart them too so that every rank resumes from the same checkpoint.
+        draft.actions.append(Action.RESTART_RANKS)
+        draft.message = "a rank failed: restarting every rank from the last checkpoint"
+        draft.events.append(Event("Warning", GANG_RESTART_EVENT,
+                                  f"a pod of {job.name} failed; restarting its peers {', '.join(job.stranded)} "
+                                  "so that every rank resumes from the last checkpoint"))
     if job.not_starting is not None:
         _not_starting(obs, draft, job, now, Action.DELETE_TRAINING)
         return
@@ -390,7 +418,7 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
             _decide_training(obs, draft, now)
             # A stale heartbeat says nothing new when we already know why (a pod that does not start).
             known = draft.reconciling_reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED,
-                                                 Reason.POD_NOT_STARTING)
+                                                 Reason.POD_NOT_STARTING, Reason.POD_CREATION_REFUSED)
             if draft.phase == Phase.TRAINING and not known and _stale(obs, now, stale_after):
                 draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
 
@@ -434,4 +462,6 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
         events=tuple(draft.events),
         create_suspended=obs.kueue_managed,
         billed=billed,
+        restart_pods=(obs.training_job.stranded if Action.RESTART_RANKS in draft.actions
+                      and obs.training_job is not None else ()),
     )

@@ -30,12 +30,36 @@ class JobState:
     ready: int = 0
     # Why a pod of the active Job has not started (read only when no pod is ready), else None.
     not_starting: PodNotStarting | None = None
+    # Pods the Job runs at once (an Indexed training Job: one per node).
+    parallelism: int = 1
+    # Live pods of a multi-pod Job that started before its latest pod failure: their peer is gone,
+    # so they wait in a collective that will never finish (read only when failed_pods > 0).
+    stranded: tuple[str, ...] = ()
+
+    @property
+    def may_have_stranded_pods(self) -> bool:
+        """Unfinished, several pods at once, one of them failed and others still active."""
+        return (self.owned and self.parallelism > 1 and self.failed_pods > 0 and self.active > 0
+                and not (self.complete or self.failed or self.suspended))
+    # Pods that ended (Job status.succeeded / status.failed), the Job's uid and creationTimestamp.
+    succeeded: int = 0
+    failed_pods: int = 0
+    uid: str = ""
+    created: str = ""
+
+    @property
+    def lacks_pods(self) -> bool:
+        """Unsuspended and unfinished without a single pod, active or ended: the API server may
+        refuse to create them (a Pod Security or admission policy, a ResourceQuota)."""
+        return (self.owned and not (self.complete or self.failed or self.suspended)
+                and self.active == self.ready == self.succeeded == self.failed_pods == 0)
 
     @property
     def waits_for_pods(self) -> bool:
-        """Active and unfinished with fewer ready pods than active ones: a pod may be stuck."""
-        return (self.owned and not (self.complete or self.failed or self.suspended)
-                and self.active > self.ready)
+        """Active and unfinished with fewer ready pods than active ones (a pod may be stuck), or
+        without any pod (their creation may be refused)."""
+        return self.lacks_pods or (self.owned and not (self.complete or self.failed or self.suspended)
+                                   and self.active > self.ready)
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,12 @@ class PodNotStarting:
     message: str
     # When the pod was created (RFC 3339): the start timeout counts from here.
     since: str
+    # A pod the API server refuses to create (the Job's `FailedCreate` Event): `pod` is the Job's
+    # name, `reason` is POD_CREATION_REFUSED and `since` the Job's creationTimestamp.
+
+
+# The Job controller's Event reason when the API server refuses a pod of the Job.
+POD_CREATION_REFUSED = "FailedCreate"
 
 
 @dataclass(frozen=True)

@@ -481,7 +481,9 @@ def test_jobs_are_looked_at_for_stuck_pods_only_while_active_pods_are_not_ready(
     assert job(active=1).waits_for_pods
     assert not job(active=1, ready=1).waits_for_pods
     assert job(active=2, ready=1).waits_for_pods  # one rank of two does not start
-    assert not job(active=0).waits_for_pods
+    assert job(active=0).waits_for_pods and job(active=0).lacks_pods  # no pod at all: refused?
+    assert not job(active=0, succeeded=1).waits_for_pods
+    assert not job(active=1).lacks_pods
     assert not job(active=1, suspended=True).waits_for_pods
     assert not job(active=1, complete=True).waits_for_pods
     assert not JobState(name="x", owned=False, active=1).waits_for_pods
@@ -510,3 +512,168 @@ def test_pod_problem_reads_waiting_reasons_before_the_scheduler_and_ignores_norm
     assert pod_problem(pod(scheduled={"reason": "SchedulingGated"})) is None
     assert pod_problem(pod(phase="Running")) is None
     assert pod_problem(pod(waiting={"reason": "ErrImagePull"}, deletionTimestamp="2026-11-24T11:01:00Z")) is None
+
+
+# --- pods the API server refuses to create (the Job's FailedCreate Event) -------------------------
+POLICY = ('Error creating: pods "t-preflight-x1" is forbidden: violates PodSecurity "baseline:latest": '
+          'hostPath volumes (volume "model-cache")')
+QUOTA = ('Error creating: pods "t-train-0-x1" is forbidden: exceeded quota: q, requested: pods=1, '
+         'used: pods=0, limited: pods=0')
+
+
+def _refused(message, age_s, job_name):
+    return _stuck("FailedCreate", message, age_s, pod=job_name)
+
+
+def test_pods_refused_by_a_policy_show_in_reconciling_then_fail_after_the_pod_start_timeout():
+    profile = TrainingProfileSpec(pod_start_timeout_seconds=10)
+    stuck = job("t-preflight", not_starting=_refused(POLICY, 5, "t-preflight"))
+    plan = decide(replace(BASE, profile=profile, preflight_job=stuck), NOW)
+    s = written(plan)
+    assert plan.actions == () and s["phase"] == "Preflight" and "failure" not in s
+    assert conds(s)["Reconciling"] == ("True", "PodCreationRefused")
+    rec = next(c for c in s["conditions"] if c["type"] == "Reconciling")
+    assert "refuses to create the pods of Job t-preflight" in rec["message"] and "PodSecurity" in rec["message"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "PodCreationRefused")]
+    again = decide(replace(BASE, profile=profile, preflight_job=stuck, status=s), NOW + timedelta(seconds=2))
+    assert again.events == () and written(again) == s  # one Event, the same status
+    late = replace(stuck, not_starting=_refused(POLICY, 11, "t-preflight"))
+    plan = decide(replace(BASE, profile=profile, preflight_job=late, status=s), NOW)
+    s = written(plan)
+    assert plan.actions == (Action.DELETE_PREFLIGHT,)
+    assert s["phase"] == "Failed" and s["billingUnits"] == 0 and plan.billed is None
+    assert s["failure"]["reason"] == "PodCreationRefused" and "hostPath volumes" in s["failure"]["message"]
+    assert conds(s)["Stalled"] == ("True", "PodCreationRefused")
+
+
+@pytest.mark.parametrize("stage", ["preflight", "training"])
+def test_pods_refused_by_an_exhausted_quota_wait_visibly_and_never_fail_by_the_pod_timeout(stage):
+    """A ResourceQuota frees up when other pods end: bounded by the Job's own deadline, not the pod timeout."""
+    profile = TrainingProfileSpec(pod_start_timeout_seconds=10)
+    if stage == "preflight":
+        obs = replace(BASE, profile=profile, preflight_job=job("t-preflight", not_starting=_refused(QUOTA, 3600,
+                                                                                                   "t-preflight")))
+        phase = "Preflight"
+    else:
+        obs = replace(BASE, profile=profile, preflight_job=job("t-preflight", complete=True),
+                      preflight_report=PASSED, training_job=job(not_starting=_refused(QUOTA, 3600, "t-train")),
+                      status={"startTime": "2026-11-24T10:00:00Z"})
+        phase = "Training"
+    plan = decide(obs, NOW)
+    s = written(plan)
+    assert plan.actions == () and s["phase"] == phase and "failure" not in s
+    assert conds(s)["Reconciling"] == ("True", "PodCreationRefused")
+    assert "exceeded quota" in next(c for c in s["conditions"] if c["type"] == "Reconciling")["message"]
+
+
+def test_a_resumable_training_whose_replacement_pods_are_refused_is_never_failed_by_the_pod_timeout():
+    profile = TrainingProfileSpec(pod_start_timeout_seconds=10)
+    ran = replace(BASE, profile=profile, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                  progress=Progress(step=900, totalSteps=1000, loss=0.1, heartbeat="2026-11-24T11:00:00Z"),
+                  status={"startTime": "2026-11-24T10:00:00Z"})
+    plan = decide(replace(ran, training_job=job(not_starting=_refused(POLICY, 3600, "t-train"))), NOW)
+    s = written(plan)
+    assert Action.DELETE_TRAINING not in plan.actions and s["phase"] == "Training"
+    assert conds(s)["Reconciling"] == ("True", "PodCreationRefused")  # not NoRecentProgress: we know why
+
+
+def test_pod_creation_refused_reads_the_jobs_latest_failed_create_event_with_one_field_selected_list():
+    import json
+
+    from iclora_operator.adapters.kube import Kube, job_state
+
+    calls = []
+
+    class Core:
+        def list_namespaced_event(self, namespace, field_selector, _preload_content):
+            calls.append((namespace, field_selector))
+            items = [{"message": "old", "lastTimestamp": "2026-11-24T11:00:00Z"},
+                     {"message": POLICY, "lastTimestamp": "2026-11-24T11:00:09Z"}]
+            return type("R", (), {"data": json.dumps({"items": items})})()
+
+    kube = Kube.__new__(Kube)
+    kube.core = Core()
+    state = job_state({"metadata": {"name": "t-preflight", "uid": "ju", "creationTimestamp": "2026-11-24T10:59:59Z",
+                                    "labels": {"iclora.dev/training-uid": "u"}}}, "u")
+    found = kube.pod_creation_refused("ns", state)
+    assert calls == [("ns", "involvedObject.kind=Job,involvedObject.name=t-preflight,reason=FailedCreate,"
+                            "involvedObject.uid=ju")]
+    assert (found.pod, found.reason, found.message, found.since) == (
+        "t-preflight", "FailedCreate", POLICY, "2026-11-24T10:59:59Z")
+
+
+def _pod(name, phase, created, finished=None, deleting=False):
+    meta = {"name": name, "creationTimestamp": created}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-24T12:00:00Z"
+    status = {"phase": phase}
+    if finished:
+        status["containerStatuses"] = [{"state": {"terminated": {"exitCode": 137, "finishedAt": finished}}}]
+    return {"metadata": meta, "status": status}
+
+
+def test_stranded_pods_are_the_live_peers_older_than_the_latest_failure():
+    from iclora_operator.adapters.kube import stranded_pods
+
+    old = "2026-11-24T11:00:00Z"
+    assert stranded_pods([_pod("t-train-0-a", "Running", old), _pod("t-train-1-a", "Running", old)]) == ()
+    pods = [
+        _pod("t-train-0-a", "Running", old),                                  # waits for rank 1: stranded
+        _pod("t-train-1-a", "Failed", old, finished="2026-11-24T11:10:00Z"),  # the lost rank
+        _pod("t-train-1-b", "Pending", "2026-11-24T11:10:01Z"),               # its replacement stays
+        _pod("t-train-2-a", "Running", old, deleting=True),                   # already going
+    ]
+    assert stranded_pods(pods) == ("t-train-0-a",)
+    # A pod the restart deleted is no new failure, even once it has failed.
+    gone = _pod("t-train-0-a", "Failed", old, finished="2026-11-24T11:10:30Z", deleting=True)
+    assert stranded_pods([pods[1], pods[2], gone]) == ()
+    # After the gang restart every live pod is newer than the failure: nothing more to delete.
+    assert stranded_pods([pods[1], pods[2], _pod("t-train-0-b", "Running", "2026-11-24T11:10:05Z")]) == ()
+
+
+def test_a_failed_rank_restarts_the_whole_gang_and_keeps_training():
+    """Issue 18.8: one pod of a multi-node training failed; its peers' pods are deleted (Action.RESTART_RANKS)
+    so that the Job recreates every index and all ranks resume from the last checkpoint."""
+    ran = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                  status={"startTime": "2026-11-24T11:00:00Z"})
+    lost = job(active=2, ready=1, parallelism=2, failed_pods=1, stranded=("t-train-0-a",))
+    assert lost.may_have_stranded_pods
+    plan = decide(replace(ran, training_job=lost), NOW)
+    s = written(plan)
+    assert plan.actions == (Action.RESTART_RANKS,) and plan.restart_pods == ("t-train-0-a",)
+    assert s["phase"] == "Training" and "failure" not in s
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "RestartingRanks")]
+    # Once they are going (or replaced), nothing more is deleted; a one-pod Job never restarts a gang.
+    calm = decide(replace(ran, training_job=replace(lost, stranded=())), NOW)
+    assert calm.actions == () and calm.restart_pods == ()
+    assert not job(active=1, parallelism=1, failed_pods=1).may_have_stranded_pods
+    assert not replace(lost, failed=True).may_have_stranded_pods
+
+
+def test_a_jobs_events_are_read_only_while_it_has_had_no_pod_for_some_seconds():
+    from datetime import datetime as real_datetime
+    from types import SimpleNamespace
+
+    from iclora_operator.adapters.kube import job_summary
+    from iclora_operator.observe import POD_CREATION_GRACE_SECONDS, _job
+
+    calls = []
+    kube = SimpleNamespace(pod_creation_refused=lambda ns, st: calls.append(("events", st.name)) or "refused",
+                           pod_not_starting=lambda ns, name: calls.append(("pods", name)))
+    memo = SimpleNamespace(kube=kube)
+
+    def index(age_s, **status):
+        created = (real_datetime.now(UTC) - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj = {"metadata": {"name": "t-preflight", "uid": "ju", "creationTimestamp": created,
+                            "labels": {"iclora.dev/training-uid": "u"}}, "status": status}
+        return {("ns", "t-preflight"): [job_summary(obj)]}
+
+    assert _job(memo, index(0), "ns", "t-preflight", "u").not_starting is None and calls == []  # just created
+    assert _job(memo, index(POD_CREATION_GRACE_SECONDS + 5), "ns", "t-preflight", "u").not_starting == "refused"
+    assert calls == [("events", "t-preflight")]
+    calls.clear()
+    _job(memo, index(60, active=1, ready=1), "ns", "t-preflight", "u")  # its pod runs: no API call
+    _job(memo, index(60, succeeded=1), "ns", "t-preflight", "u")
+    assert calls == []
+    _job(memo, index(60, active=1), "ns", "t-preflight", "u")  # a pod not ready: its pods, not Events
+    assert calls == [("pods", "t-preflight")]

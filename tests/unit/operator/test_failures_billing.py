@@ -109,8 +109,9 @@ def test_job_summary_keeps_what_decisions_need():
     job = {
         "metadata": {"name": "t-train", "labels": {"iclora.dev/training-uid": "u"},
                      "annotations": {SUSPENDED_BY_USER: "true", "other": "x"}},
-        "spec": {"suspend": True, "template": {"spec": {"containers": [{"name": "big"}]}}},
-        "status": {"active": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+        "spec": {"suspend": True, "parallelism": 2, "template": {"spec": {"containers": [{"name": "big"}]}}},
+        "status": {"active": 1, "failed": 1,
+                   "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                                 "message": "m", "lastProbeTime": "t"}]},
     }
     summary = job_summary(job)
@@ -119,3 +120,4 @@ def test_job_summary_keeps_what_decisions_need():
     state = job_state(summary, "u")
     assert (state.owned, state.suspended, state.suspended_by_user, state.failed, state.failure_reason) == (
         True, True, True, True, "DeadlineExceeded")
+    assert (state.parallelism, state.failed_pods) == (2, 1)  # a gang with a lost rank (stranded_pods)

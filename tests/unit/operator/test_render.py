@@ -350,3 +350,18 @@ def test_profile_image_pull_secrets_and_service_account_reach_both_pods():
     assert pod_of(render_preflight_job(c))["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
     plain = pod_of(render_training_job(ctx(), suspend=False))
     assert "imagePullSecrets" not in plain and "serviceAccountName" not in plain
+
+
+def test_collective_timeout_comes_from_the_profile():
+    """The process-group timeout is the profile's (issue 18.8), default 30 minutes, any backend."""
+    from iclora_api.profile import profile_spec_from_object
+    from iclora_api.trainer_settings import TrainerSettings
+
+    assert TrainerSettings().collective_timeout_seconds == profile_spec_from_object(
+        {"spec": {}}).collective_timeout_seconds == 1800
+    profile = profile_spec_from_object({"spec": {"nodes": 2, "collectiveTimeoutSeconds": 240}})
+    job = render_training_job(RunContext(**{**ctx().__dict__, "profile": profile}), suspend=False)
+    settings = TrainerSettings.model_validate_json(env_of(job)["ICLORA_TRAINER_SETTINGS"]["value"])
+    assert settings.collective_timeout_seconds == 240
+    with pytest.raises(ValueError):
+        profile_spec_from_object({"spec": {"collectiveTimeoutSeconds": 5}})

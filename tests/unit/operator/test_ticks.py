@@ -122,12 +122,70 @@ def test_a_job_with_active_pods_not_ready_is_looked_at_between_polls():
 
     body = kopf.Body({"metadata": {"name": "t", "namespace": "ns", "uid": "u"}})
 
-    def index(active, ready):
-        job = {"metadata": {"name": "t-preflight", "labels": {LABEL_UID: "u"}},
-               "status": {"active": active, "ready": ready}}
+    def index(active, ready, succeeded=0, failed=0, suspend=False):
+        job = {"metadata": {"name": "t-preflight", "labels": {LABEL_UID: "u"}}, "spec": {"suspend": suspend},
+               "status": {"active": active, "ready": ready, "succeeded": succeeded, "failed": failed}}
         return {("ns", "t-preflight"): [job_summary(job)]}
 
     assert waits_for_pods(body, index(1, 0))
     assert not waits_for_pods(body, index(1, 1))
-    assert not waits_for_pods(body, index(0, 0))
+    # No pod at all: the API server may refuse to create them (its Events say why).
+    assert waits_for_pods(body, index(0, 0))
+    assert not waits_for_pods(body, index(0, 0, succeeded=1))
+    assert not waits_for_pods(body, index(0, 0, failed=1))
+    assert not waits_for_pods(body, index(0, 0, suspend=True))  # Kueue or spec.suspend: no pods expected
     assert not waits_for_pods(body, {})
+
+
+def _waiting_and_running(memo):
+    """Two Training trainings: `waits` has a Job without pods, `runs` one whose pod is ready."""
+    import kopf
+
+    from iclora_operator.adapters.kube import job_summary
+    from iclora_operator.render import LABEL_UID
+    from iclora_operator.runtime import Indexes
+
+    jobs = {}
+    for uid, active, ready in (("waits", 0, 0), ("runs", 1, 1)):
+        memo.track(kopf.Body({"metadata": {"name": uid, "namespace": "ns", "uid": uid},
+                              "status": {"phase": "Training"}}))
+        job = {"metadata": {"name": f"{uid}-train", "labels": {LABEL_UID: uid}},
+               "status": {"active": active, "ready": ready}}
+        jobs[("ns", f"{uid}-train")] = [job_summary(job)]
+    memo.indexes = Indexes(jobs=jobs, profiles={}, trainings={})
+    return jobs
+
+
+def test_tick_due_is_tighter_only_while_a_job_waits_for_pods():
+    from iclora_operator.runtime import tick_due
+
+    memo = _memo()
+    memo.settings = OperatorSettings(reconcile_interval_seconds=5.0, progress_poll_seconds=60.0)
+    jobs = _waiting_and_running(memo)
+    assert tick_due(memo.settings, memo.latest("waits"), jobs) == 10.0
+    assert tick_due(memo.settings, memo.latest("runs"), jobs) == 60.0
+
+
+def test_the_ticker_visits_a_training_whose_job_waits_for_pods_before_its_poll_is_due():
+    # The ticker itself must use the tighter rule: filtering with the phase's poll alone would never
+    # pick a training whose Job waits for pods before that poll, whatever the visit then decides.
+    import asyncio
+
+    from iclora_operator.runtime import observable_key, tick_forever
+
+    memo = _memo()
+    memo.settings = OperatorSettings(reconcile_interval_seconds=0.05, progress_poll_seconds=60.0)
+    jobs = _waiting_and_running(memo)
+    for uid in ("waits", "runs"):  # both reconciled a second ago, nothing changed since
+        memo.last_reconciled[uid] = (observable_key(memo.latest(uid), jobs), time.monotonic() - 1.0)
+    visited = []
+
+    async def run():
+        ticker = asyncio.create_task(tick_forever(memo, None, 2, lambda _m, uid, _i: visited.append(uid)))
+        await asyncio.sleep(0.3)
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+
+    asyncio.run(run())
+    assert "waits" in visited
+    assert "runs" not in visited  # its pods run: quiet until its progress poll (no extra API call)

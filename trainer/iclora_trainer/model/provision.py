@@ -26,7 +26,10 @@ the node) takes the source's lock, finds the marker or downloads what is missing
 place before writing the marker. A process that dies releases its lock with it; its partial
 file is resumed by the next one. A source that is missing, unreadable or refused is the
 profile's fault (ModelConfigError, naming the URI: the run fails as ProfileInvalid, billed 0);
-a network or store outage is an ObjectStoreError (retried by the Job).
+a network or store outage is an ObjectStoreError (retried by the Job), and so is an https
+status that says "not now" (408, 429, 5xx) once its retries (with backoff, honouring a bounded
+Retry-After) are spent. An https file's size and version come from HEAD, or from a one-byte
+ranged GET where HEAD is refused (presigned GET URLs answer 403) or states no length.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ _REFUSED_S3_CODES = {
     "NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
     "AllAccessDisabled", "InvalidBucketName", "InvalidObjectState", "NoSuchVersion",
 }
+# HTTP statuses that say "not now" (a timeout, a rate limit, an overloaded or restarting server):
+# retried with backoff, then an ObjectStoreError; never the profile's fault.
+_TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_AFTER_MAX = 30.0  # seconds: the most a Retry-After header makes one retry wait
 _SHA256 = re.compile(r"#sha256=([0-9a-fA-F]{64})$")
 
 Report = Callable[[str], None]
@@ -210,14 +217,43 @@ def _resolve_s3(uri: str, env: Mapping[str, str]) -> Source:
     return Source(uri, name, folder, files, version, open_range)
 
 
-def _http_get(url: str, headers: dict[str, str], *, head: bool = False) -> Any:
-    """A request with retries on connection errors and 5xx; 4xx are the source's fault."""
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), capped; None without one."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+def _http_get(url: str, headers: dict[str, str], *, head: bool = False,
+              allow: frozenset[int] = frozenset()) -> Any:
+    """A request, retried with backoff on connection errors and transient statuses (408, 429, 5xx).
+
+    A Retry-After the server sends (a rate limit, many pods starting at once) replaces the
+    backoff, capped at RETRY_AFTER_MAX. Still failing after ATTEMPTS: ObjectStoreError (the Job
+    retries). Other 4xx (401, 403, 404, 410...) are the source's fault: ModelConfigError naming
+    the URI, unless the status is in `allow` (returned to the caller).
+    """
     import requests
 
     last = ""
+    wait = 0.0
     for attempt in range(ATTEMPTS):
         if attempt:
-            time.sleep(0.5 * 2 ** (attempt - 1))
+            time.sleep(wait)
+        wait = 0.5 * 2**attempt  # before the next attempt, unless the server says otherwise
         try:
             if head:
                 response = requests.head(url, headers=headers, allow_redirects=True, timeout=(10, 60))
@@ -228,27 +264,61 @@ def _http_get(url: str, headers: dict[str, str], *, head: bool = False) -> Any:
         except requests.RequestException as exc:
             last = f"{type(exc).__name__}: {exc}"
             continue
-        if response.status_code >= 500:
-            last = f"HTTP {response.status_code} {response.reason}"
+        status = response.status_code
+        if status in allow:
+            return response
+        if status in _TRANSIENT_HTTP or status >= 500:
+            last = f"HTTP {status} {response.reason}"
+            hinted = _retry_after(response.headers.get("Retry-After"))
+            if hinted is not None:
+                wait = hinted
             response.close()
+            if attempt < ATTEMPTS - 1:
+                log.warning("model source %s: %s; retrying in %.1fs", url, last, wait)
             continue
-        if response.status_code >= 400:
+        if status >= 400:
             response.close()
-            raise ModelConfigError(f"model source {url}: HTTP {response.status_code} {response.reason}")
+            raise ModelConfigError(f"model source {url}: HTTP {status} {response.reason}")
         return response
     raise ObjectStoreError(f"model source {url}: {last} (after {ATTEMPTS} attempts)")
 
 
+def _content_range_total(value: str | None) -> int | None:
+    """The complete length in a Content-Range header (`bytes 0-0/1234`); None if absent or `*`."""
+    m = re.fullmatch(r"\s*bytes\s+(?:\d+-\d+|\*)/(\d+)\s*", value or "")
+    return int(m.group(1)) if m else None
+
+
 def _resolve_http(uri: str) -> Source:
-    response = _http_get(uri, {"Accept-Encoding": "identity"}, head=True)
+    """The file's size and version from a HEAD, else from a one-byte ranged GET.
+
+    Presigned GET URLs answer 403 (or 405) to HEAD, and some servers send no Content-Length on
+    HEAD: then `Range: bytes=0-0` gives the total in Content-Range (or a 200 with the whole
+    file's Content-Length), with the same ETag / Last-Modified.
+    """
+    plain = {"Accept-Encoding": "identity"}
+    response = _http_get(uri, plain, head=True, allow=frozenset({403, 405}))
     response.close()
-    length = response.headers.get("Content-Length")
+    meta, url = response.headers, response.url
+    length = _int_or_none(meta.get("Content-Length")) if response.status_code < 400 else None
+    ranges = meta.get("Accept-Ranges", "").lower() == "bytes"
     if length is None:
-        raise ModelConfigError(f"model source {uri}: the server states no Content-Length")
-    etag = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+        log.info("model source %s: HEAD gave %s; probing with a ranged GET", uri,
+                 f"HTTP {response.status_code}" if response.status_code >= 400 else "no Content-Length")
+        probe = _http_get(uri, {**plain, "Range": "bytes=0-0"})
+        probe.close()  # headers only: never read the body
+        meta, url = probe.headers, probe.url
+        if probe.status_code == 206:
+            length, ranges = _content_range_total(meta.get("Content-Range")), True
+        else:
+            length = _int_or_none(meta.get("Content-Length"))
+            ranges = meta.get("Accept-Ranges", "").lower() == "bytes"
+    if length is None:
+        raise ModelConfigError(f"model source {uri}: the server states no size (no Content-Length on HEAD, "
+                               "no Content-Range on a ranged GET)")
+    etag = meta.get("ETag") or meta.get("Last-Modified") or ""
     name = Path(unquote(urlsplit(uri).path)).name or "model"
-    ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
-    remote = RemoteFile(name, int(length), etag, ref=response.url)
+    remote = RemoteFile(name, length, etag, ref=url)
 
     def open_range(f: RemoteFile, offset: int) -> Iterator[bytes]:
         headers = {"Accept-Encoding": "identity"}
@@ -263,6 +333,13 @@ def _resolve_http(uri: str) -> Source:
             yield from got.iter_content(CHUNK)
 
     return Source(uri, name, False, [remote], _digest(f"{etag}|{length}"), open_range)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 class _Restart(Exception):
