@@ -193,9 +193,10 @@ class PodExecution:
             t.start()
         for t in threads:
             t.join()
-        if not self.deleted.is_set():
-            order = {c.name: i for i, c in enumerate(spec.containers)}
-            self._report_final(sorted(results, key=lambda r: order[r.name]))
+        # Also for a pod being deleted: as the kubelet does, its terminal status is reported once its
+        # containers are gone, so the Job controller can count it and replace its index.
+        order = {c.name: i for i, c in enumerate(spec.containers)}
+        self._report_final(sorted(results, key=lambda r: order[r.name]))
 
     # -- volumes and environment ---------------------------------------------------------
     def _prepare_volumes(self, volumes: list[Any]) -> dict[str, Path]:
@@ -407,8 +408,8 @@ class PodExecution:
         return True
 
     # -- status --------------------------------------------------------------------------
-    def _patch_status(self, status: dict[str, Any]) -> None:
-        if self.deleted.is_set():
+    def _patch_status(self, status: dict[str, Any], *, final: bool = False) -> None:
+        if self.deleted.is_set() and not final:
             return
         with contextlib.suppress(Exception):  # the pod may be gone already
             self.runner.core.patch_namespaced_pod_status(self.name, self.namespace, {"status": status})
@@ -480,7 +481,8 @@ class PodExecution:
                     }
                     for r in results
                 ],
-            }
+            },
+            final=True,
         )
         log.info(
             "pod %s/%s finished: %s", self.namespace, self.name, [(r.name, r.exit_code) for r in results]
