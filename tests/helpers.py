@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -278,3 +279,23 @@ def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
         for name, data in entries.items():
             zf.writestr(name, data)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# A real run's reports in the store (cluster tests that interrupt a training)
+
+_COMPLETE_CHECKPOINT = re.compile(r"checkpoints/step-(\d+)/COMPLETE$")
+
+
+def run_progress_step(s3: Any, prefix: str) -> int:
+    """The step of the run's progress.json under `prefix`; -1 before the trainer wrote one."""
+    try:
+        return int(json.loads(s3.client().get_object(s3.bucket, f"{prefix}/progress.json").read())["step"])
+    except Exception:
+        return -1
+
+
+def completed_checkpoints(s3: Any, prefix: str) -> list[int]:
+    """Steps of the run's completed checkpoints (those with their COMPLETE marker), ascending."""
+    names = (o.object_name for o in s3.client().list_objects(s3.bucket, f"{prefix}/checkpoints/", recursive=True))
+    return sorted(int(m.group(1)) for n in names if (m := _COMPLETE_CHECKPOINT.search(n)))

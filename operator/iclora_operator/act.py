@@ -25,7 +25,7 @@ from iclora_api.contract import (
 )
 from iclora_api.v1alpha1 import MaskedICLoraTrainingStatus
 from iclora_operator.adapters.kube import ChildConflict, ChildRejected, NotReadyYet, api_message
-from iclora_operator.adapters.objectstore import Credentials, ObjectStoreUnavailable
+from iclora_operator.adapters.objectstore import ObjectStoreUnavailable
 from iclora_operator.ledger import billing_record, write_once
 from iclora_operator.observe import observe
 from iclora_operator.reconcile.decide import Action, Plan, decide
@@ -77,8 +77,7 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
 def _record_billing(memo: Memo, plan: Plan, ctx: RunContext) -> None:
     """The ledger's record of this billed run, in the operator's bucket; kept if already there."""
     cfg = memo.settings.store
-    creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
-                        cfg.secret_key.get_secret_value(), cfg.region)
+    creds = cfg.operator_credentials()
     record = billing_record(uid=ctx.uid, namespace=ctx.namespace, name=ctx.name,
                             steps=ctx.spec.number_of_steps, status=plan.status)
     try:

@@ -33,13 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from iclora_api.objectstore import StoreCredentials, make_client
+    from iclora_api.objectstore import make_client
     from iclora_operator.ledger import read_records, summarize
     from iclora_operator.settings import StoreSettings
 
     cfg = StoreSettings()
-    creds = StoreCredentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
-                             cfg.secret_key.get_secret_value(), cfg.region)
+    creds = cfg.operator_credentials()
     try:
         records = read_records(make_client(creds), cfg.bucket, args.month, cfg.ledger_prefix)
     except Exception as exc:  # minio/urllib3: a clear line, not a traceback

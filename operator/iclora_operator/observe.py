@@ -47,8 +47,7 @@ def _store_for(memo: Memo, body: kopf.Body, spec: Any) -> tuple[StoreLocation, C
     """Where this run writes, the operator's credentials for it, and the pods' Secret name."""
     ns, name, uid = body.metadata.namespace, body.metadata.name, body.metadata.uid
     cfg = memo.settings.store
-    default_creds = Credentials(cfg.endpoint_for_operator, cfg.access_key.get_secret_value(),
-                                cfg.secret_key.get_secret_value(), cfg.region)
+    default_creds = cfg.operator_credentials()
     output = spec.output if spec is not None else None
     if output is None:
         loc = StoreLocation(cfg.endpoint, cfg.bucket, run_prefix(cfg.prefix, ns, name, uid), cfg.region)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from iclora_api.objectstore import StoreCredentials
+
 
 class StoreSettings(BaseSettings):
     """The default object store: artifacts of trainings that name no `spec.output`."""
@@ -30,6 +32,11 @@ class StoreSettings(BaseSettings):
     @property
     def endpoint_for_operator(self) -> str:
         return self.operator_endpoint or self.endpoint
+
+    def operator_credentials(self) -> StoreCredentials:
+        """How the operator itself reaches this store (run reports, artifacts, the billing ledger)."""
+        return StoreCredentials(self.endpoint_for_operator, self.access_key.get_secret_value(),
+                                self.secret_key.get_secret_value(), self.region)
 
 
 class OperatorSettings(BaseSettings):

@@ -16,20 +16,19 @@ from iclora_dev.demo.run import demo_manifest
 from iclora_dev.localcluster.nodes import LOCAL_RUNNER_LABEL, LOCAL_RUNNER_TOLERATION
 from iclora_dev.pytest_plugin import wait_for
 from iclora_dev.synthetic import write_dataset_zip
+from tests.helpers import completed_checkpoints, run_progress_step
 
 pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 
 STEPS = 100  # the API's minimum
 INTERVAL = 25
-_COMPLETE = re.compile(r"checkpoints/step-(\d+)/COMPLETE$")
 
 
 def test_killing_rank_1_restarts_both_ranks_from_the_checkpoint(trainings, operator_factory, profile_factory,
                                                                 tiny, s3_store, local_cluster, tmp_path):
     """gloo's rank 0 sees the closed socket and fails; with the operator's gang restart both indexes
     come back together from the last checkpoint. (A frozen peer, as an NCCL rank sitting in its
-    collective, is released by the same deletion; the local pod runner cannot yet report a stopped
-    process's deleted pod as ended, so that variant is not run here.)"""
+    collective, is released by the same deletion; that variant is not tested here.)"""
     # gpusPerNode 0: two CPU pods of one trainer process each fit the runner node together.
     placement = {"nodeSelector": {LOCAL_RUNNER_LABEL: "true"}, "tolerations": [LOCAL_RUNNER_TOLERATION]}
     profile = profile_factory(
@@ -51,18 +50,13 @@ def test_killing_rank_1_restarts_both_ranks_from_the_checkpoint(trainings, opera
     operator_factory([ns])
     uid = trainings.create("gang", spec)["metadata"]["uid"]
     prefix = f"runs/{ns}/gang/{uid}"
-    client = s3_store.client()
     selector = f"iclora.dev/training-uid={uid},app.kubernetes.io/component=training"
 
     def progress_step() -> int:
-        try:
-            return int(json.loads(client.get_object(s3_store.bucket, f"{prefix}/progress.json").read())["step"])
-        except Exception:
-            return -1
+        return run_progress_step(s3_store, prefix)
 
     def checkpoints() -> list[int]:
-        names = (o.object_name for o in client.list_objects(s3_store.bucket, f"{prefix}/checkpoints/", recursive=True))
-        return sorted(int(m.group(1)) for n in names if (m := _COMPLETE.search(n)))
+        return completed_checkpoints(s3_store, prefix)
 
     def pods() -> list:
         return trainings.core.list_namespaced_pod(ns, label_selector=selector).items

@@ -4,7 +4,6 @@ checkpoints the step it is in, and the resumed training continues from that step
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -13,11 +12,11 @@ from iclora_dev.demo.run import demo_manifest
 from iclora_dev.localcluster.nodes import LOCAL_RUNNER_LABEL, LOCAL_RUNNER_TOLERATION
 from iclora_dev.pytest_plugin import wait_for
 from iclora_dev.synthetic import write_dataset_zip
+from tests.helpers import completed_checkpoints, run_progress_step
 
 pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 
 STEPS = 300
-_COMPLETE = re.compile(r"checkpoints/step-(\d+)/COMPLETE$")
 
 
 def test_suspend_between_checkpoints_resumes_at_the_step_it_stopped(trainings, operator_factory, profile_factory,
@@ -40,17 +39,12 @@ def test_suspend_between_checkpoints_resumes_at_the_step_it_stopped(trainings, o
     operator_factory([trainings.namespace])
     uid = trainings.create("pre", spec)["metadata"]["uid"]
     prefix = f"runs/{trainings.namespace}/pre/{uid}"
-    client = s3_store.client()
 
     def progress_step() -> int:
-        try:
-            return int(json.loads(client.get_object(s3_store.bucket, f"{prefix}/progress.json").read())["step"])
-        except Exception:
-            return -1
+        return run_progress_step(s3_store, prefix)
 
     def checkpoints() -> list[int]:
-        names = (o.object_name for o in client.list_objects(s3_store.bucket, f"{prefix}/checkpoints/", recursive=True))
-        return sorted(int(m.group(1)) for n in names if (m := _COMPLETE.search(n)))
+        return completed_checkpoints(s3_store, prefix)
 
     wait_for(lambda: progress_step() >= 2, timeout=600, interval=0.2, what="training past step 2")
     seen = progress_step()

@@ -186,6 +186,11 @@ IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImag
 QUOTA_WAITS = ("exceeded quota", "status unknown for quota")
 
 
+# Every reason _pod_reason gives: a Reconciling reason that already says why a Job makes no progress.
+POD_START_REASONS = frozenset({Reason.POD_CREATION_REFUSED, Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED,
+                               Reason.POD_NOT_STARTING})
+
+
 def _pod_reason(why: str) -> Reason:
     """Our reason for a pod's scheduler (`Unschedulable`) or kubelet waiting reason, or for the
     Job controller's `FailedCreate` (the API server refuses the pods)."""
@@ -417,8 +422,7 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
         elif _decide_preflight(obs, draft, now):
             _decide_training(obs, draft, now)
             # A stale heartbeat says nothing new when we already know why (a pod that does not start).
-            known = draft.reconciling_reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED,
-                                                 Reason.POD_NOT_STARTING, Reason.POD_CREATION_REFUSED)
+            known = draft.reconciling_reason in POD_START_REASONS
             if draft.phase == Phase.TRAINING and not known and _stale(obs, now, stale_after):
                 draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
 
