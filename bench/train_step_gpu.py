@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "trainer"), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT / "trainer"), str(ROOT / "operator"), str(ROOT / "dev")]
 
 # LTX-2.3 (22B layout): the caption projection lives in the text encoder.
 FULL_OVERRIDES = {
