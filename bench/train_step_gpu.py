@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--reference-downscale", type=int, default=1, help="Reference at 1/d resolution (ours).")
     p.add_argument("--skip-anchor", action="store_true")
+    p.add_argument(
+        "--skip-defaults",
+        action="store_true",
+        help="No default `ours` row (one row per process: bench/gpu/rows.sh, clean peak memory).",
+    )
     p.add_argument("--validation", action="store_true", help="Also time the validation sampler (per entry).")
     p.add_argument("--validation-shapes", default="", help="WxHxF of the sampler timing (default: --shapes).")
     p.add_argument("--validation-timed-steps", type=int, default=4, help="Euler steps timed (cost is linear).")
@@ -464,13 +469,14 @@ def run(args: argparse.Namespace) -> Report:
     print(f"one-rank DeepSpeed engine without a launcher: {report.one_rank_engine}", flush=True)
     for shape in args.shapes.split(","):
         # Defaults first, then the anchor: the pair the issue asks for survives a time limit.
-        new_rows, model = ours_rows(shape, {}, config, args, device, dtype)
-        report.rows += new_rows
-        if args.validation and not val_shapes:
-            report.validation.append(validation_cost(model, shape, config, args, device, dtype))
-        del model
-        _free(device)
-        report.save()
+        if not args.skip_defaults:
+            new_rows, model = ours_rows(shape, {}, config, args, device, dtype)
+            report.rows += new_rows
+            if args.validation and not val_shapes:
+                report.validation.append(validation_cost(model, shape, config, args, device, dtype))
+            del model
+            _free(device)
+            report.save()
         if not args.skip_anchor:
             report.rows.append(anchor_row(shape, config, args, device, dtype))
             _free(device)
