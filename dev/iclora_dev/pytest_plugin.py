@@ -52,6 +52,25 @@ def wait_for(
     pytest.fail(f"timed out after {timeout} s waiting for {what or check}; last value {last!r}")
 
 
+def wait_for_default_service_account(api: Any, namespace: str, timeout: float = 30.0) -> None:
+    """Wait until ``namespace``'s default ServiceAccount exists (the ServiceAccount controller
+    creates it shortly after the namespace; pods cannot be created before it)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+
+    def exists() -> bool:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            return False
+        return True
+
+    wait_for(exists, timeout=timeout, interval=0.1, what=f"the default ServiceAccount of namespace {namespace}")
+
+
 def _base_dir() -> Path:
     return binaries.cache_root() / "clusters" / "pytest"
 
@@ -112,16 +131,7 @@ def k8s_namespace(k8s_api: Any) -> Iterator[str]:
     core = client.CoreV1Api(k8s_api)
     name = f"t-{uuid.uuid4().hex[:10]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"iclora.dev/test": "true"}}})
-    # Pods cannot be created before the namespace's default ServiceAccount exists.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            core.read_namespaced_service_account("default", name)
-            break
-        except client.ApiException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    wait_for_default_service_account(k8s_api, name)
     try:
         yield name
     finally:

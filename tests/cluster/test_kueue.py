@@ -9,7 +9,7 @@ from kubernetes import client
 
 from iclora_dev.localcluster import kueue, nodes
 from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
-from iclora_dev.pytest_plugin import wait_for
+from iclora_dev.pytest_plugin import wait_for, wait_for_default_service_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ def test_gpu_quota_admits_one_job_at_a_time(kueue_cluster):
     api = kueue_cluster.api_client()
     batch = client.BatchV1Api(api)
     ns = kueue.TEAM_NAMESPACES[0]
-    wait_for(lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns), what="default SA")
+    wait_for_default_service_account(api, ns)
     batch.create_namespaced_job(ns, _job("first", {"iclora.dev/fake-hold": "true"}))
     wait_for(lambda: batch.read_namespaced_job("first", ns).spec.suspend is False, what="first admitted")
     batch.create_namespaced_job(ns, _job("second", {}))

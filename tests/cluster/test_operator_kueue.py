@@ -11,7 +11,7 @@ import pytest
 from iclora_api.crdgen import render_crd, render_profile_crd
 from iclora_dev.localcluster import kueue, nodes
 from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
-from iclora_dev.pytest_plugin import wait_for
+from iclora_dev.pytest_plugin import wait_for, wait_for_default_service_account
 from iclora_operator.adapters.kube import install_crds
 from tests.helpers import SPEC, Trainings, play_trainer
 
@@ -36,7 +36,7 @@ def kueue_operator(kueue_cluster, s3_store) -> Iterator[Trainings]:
     api = kueue_cluster.api_client()
     install_crds(api, [render_crd(), render_profile_crd()])
     ns = kueue.TEAM_NAMESPACES[0]
-    wait_for(lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns), what="default SA")
+    wait_for_default_service_account(api, ns)
     for name, delay in (("default", "8s"), ("slow", "30s")):
         client.CustomObjectsApi(api).create_cluster_custom_object("iclora.dev", "v1alpha1", "trainingprofiles", {
             "apiVersion": "iclora.dev/v1alpha1", "kind": "TrainingProfile", "metadata": {"name": name},
