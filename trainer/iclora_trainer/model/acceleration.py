@@ -109,8 +109,9 @@ class Acceleration:
         )
 
 
-def _checkpointed_forward(block: torch.nn.Module, selective: bool = False) -> Callable[..., Any]:
-    inner = block.forward
+def _checkpointed_forward(
+    block: torch.nn.Module, inner: Callable[..., Any], selective: bool = False
+) -> Callable[..., Any]:
     extra: dict[str, Any] = {}
     if selective:
         extra["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_attention)
@@ -209,12 +210,33 @@ def accelerate(model: torch.nn.Module, acc: Acceleration, device: torch.device) 
         raise ModelConfigError("fused_lora: the transformer carries no LoRA projections")
     # ltx-core's own flag checkpoints every block; the per-block choice replaces it.
     model.set_gradient_checkpointing(False)
+    if acc.compile:
+        _allow_one_graph_per_block(len(blocks))
     for i, block in enumerate(blocks):
+        # Compiled inside the checkpoint, not around it: a checkpoint traced by Dynamo becomes a
+        # higher-order op whose body may not mutate outer state, and ltx-core's block does
+        # (typing.Protocol instantiation), so a compiled checkpoint fell back to eager.
+        inner = torch.compile(block.forward, dynamic=False) if acc.compile else block.forward
         if i in chosen:
-            block.forward = _checkpointed_forward(block, selective=i in selective)
-        if acc.compile:
-            block.compile(dynamic=False)
+            block.forward = _checkpointed_forward(block, inner, selective=i in selective)
+        elif acc.compile:
+            block.forward = inner
     return model
+
+
+def _allow_one_graph_per_block(num_blocks: int) -> None:
+    """Dynamo caches compiled graphs per code object (all blocks share `forward`) and falls back
+    to eager past its recompile limit (8 by default): leave room for every block, twice (train
+    and eval), in case a block's guards tell it apart from the others."""
+    import torch._dynamo
+
+    limit = 2 * num_blocks + 8
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name) and getattr(torch._dynamo.config, name) < limit:
+            setattr(torch._dynamo.config, name, limit)
+    acc_name = "accumulated_recompile_limit"
+    if hasattr(torch._dynamo.config, acc_name) and getattr(torch._dynamo.config, acc_name) < 4 * limit:
+        setattr(torch._dynamo.config, acc_name, 4 * limit)
 
 
 def attention_backends(names: tuple[str, ...] | list[str]) -> contextlib.AbstractContextManager[None]:
