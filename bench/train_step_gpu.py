@@ -334,6 +334,7 @@ def ours_rows(shape, overrides, config, args, device, dtype) -> tuple[list[Row],
         recorded["reference_downscale"] = downscale
     with attention_backends(settings.attention_backends):
         row = measure(label, shape, model, step, batch, args, device, recorded)
+    engine.close()  # DeepSpeed's process-wide maps would keep this row's weights alive
     return [row], model
 
 

@@ -217,7 +217,11 @@ class DeepSpeedEngine:
         torch.distributed.barrier()
 
     def close(self) -> None:
-        return None
+        """Release what DeepSpeed holds process-wide (its debug name maps keep the module, so
+        without this a second engine in the same process carries the first one's weights)."""
+        destroy = getattr(self.engine, "destroy", None)
+        if destroy is not None:
+            destroy()
 
 
 def build_engine(
