@@ -23,6 +23,12 @@ app.kubernetes.io/component: operator
 - apiGroups: ["iclora.dev"]
   resources: ["maskedicloratrainings/status"]
   verbs: ["get", "patch"]
+# Application: the Jobs, Secrets and Services the operator creates name their training as owner
+# with blockOwnerDeletion, which OwnerReferencesPermissionEnforcement (on by default on OpenShift)
+# allows only to who may update the owner's finalizers.
+- apiGroups: ["iclora.dev"]
+  resources: ["maskedicloratrainings/finalizers"]
+  verbs: ["update"]
 # Application: the preflight and training Jobs (patch = suspend/resume; delete = a Job whose
 # pod did not start within the profile's podStartTimeoutSeconds).
 - apiGroups: ["batch"]

@@ -201,7 +201,9 @@ class LocalCluster:
                 f"--service-account-key-file={pki['sa_pub']}",
                 f"--service-account-signing-key-file={pki['sa_key']}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--enable-admission-plugins=ValidatingAdmissionPolicy",
+                # OwnerReferencesPermissionEnforcement as on OpenShift: setting blockOwnerDeletion
+                # on a child needs `update` on the owner's finalizers subresource.
+                "--enable-admission-plugins=ValidatingAdmissionPolicy,OwnerReferencesPermissionEnforcement",
                 # No kubelets, no real endpoints: the `kubernetes` Service is not needed here.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
