@@ -94,20 +94,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def parse_variant(text: str) -> dict[str, Any]:
     """`k=v,k=v` -> validated TrainerSettings overrides (lists as a|b), plus `reference_downscale`
     (the spec's referenceDownscaleFactor: 1, 2 or 4)."""
-    from iclora_api.trainer_settings import TrainerSettings
+    from iclora_api.trainer_settings import TrainerSettings, parse_overrides
 
+    pairs = [tuple(item.partition("=")[::2]) for item in filter(None, text.split(","))]
     out: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key == "reference_downscale":
-            if value not in {"1", "2", "4"}:
-                raise SystemExit(f"--variant: reference_downscale {value!r}: expected 1, 2 or 4")
-            out[key] = int(value)
-            continue
-        field = TrainerSettings.model_fields.get(key)
-        if field is None:
-            raise SystemExit(f"--variant: unknown setting {key!r}")
-        out[key] = value.split("|") if "list" in str(field.annotation) else value
+    for key, value in [p for p in pairs if p[0] == "reference_downscale"]:
+        if value not in {"1", "2", "4"}:
+            raise SystemExit(f"--variant: reference_downscale {value!r}: expected 1, 2 or 4")
+        out[key] = int(value)
+    try:
+        out.update(parse_overrides([p for p in pairs if p[0] != "reference_downscale"]))
+    except ValueError as exc:
+        raise SystemExit(f"--variant: {exc}") from exc
     TrainerSettings.model_validate({k: v for k, v in out.items() if k != "reference_downscale"})
     return out
 

@@ -86,8 +86,13 @@ class TinyCheckpoint:
     config: dict[str, Any]
 
 
-def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwargs: int) -> TinyCheckpoint:
-    """Write a tiny transformer + VAE checkpoint and a tiny text encoder into `directory`."""
+def create_tiny_checkpoint(
+    directory: str | Path, *, seed: int = 0, cell_local: bool = True, **config_kwargs: int
+) -> TinyCheckpoint:
+    """Write a tiny transformer + VAE checkpoint and a tiny text encoder into `directory`.
+
+    `cell_local=False` keeps the encoder's random 3x3 taps that reach across a 32-px cell, so a
+    latent cell sees its neighbours' pixels as the real VAE's does (tests of what leaks)."""
     from ltx_core.model.transformer.model_configurator import LTXVideoOnlyModelConfigurator
     from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
     from safetensors.torch import save_file
@@ -108,7 +113,8 @@ def create_tiny_checkpoint(directory: str | Path, *, seed: int = 0, **config_kwa
             fill = torch.ones_like(value) if "std" in name else torch.zeros_like(value)
             encoder_sd[name] = fill
         else:
-            encoder_sd[name] = _cell_local(name, _random_like(name, value, generator))
+            weight = _random_like(name, value, generator)
+            encoder_sd[name] = _cell_local(name, weight) if cell_local else weight
     # Like the real VAE, normalise latents to zero mean and unit std per channel
     # (statistics of random videos), so the latents dominate the flow-matching loss.
     encoder.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in encoder_sd.items()})

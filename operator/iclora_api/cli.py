@@ -23,7 +23,7 @@ from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "iclora.commands"
 # Help order of the commands we know; other plugins follow alphabetically.
-HELP_ORDER = ("validate", "crd", "dataset", "train", "operator", "local-cluster", "demo")
+HELP_ORDER = ("validate", "crd", "dataset", "train", "generate", "operator", "local-cluster", "demo")
 
 
 def command_modules() -> list[tuple[str, str]]:

@@ -57,6 +57,10 @@ MASTER_PORT_ENV = "MASTER_PORT"
 JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 # "1" lets the fetches of user-named URLs (dataset, validation media) reach private networks.
 ALLOW_PRIVATE_NETWORKS_ENV = "ICLORA_ALLOW_PRIVATE_NETWORKS"
+# Hosts and networks the administrator trusts for user-named URLs (comma separated host names,
+# IP addresses and CIDRs): the platform's object store and any allow-listed in-cluster store.
+# Set by the operator from its own configuration only, never from a tenant's input.
+TRUSTED_NETWORKS_ENV = "ICLORA_TRUSTED_NETWORKS"
 # Logging level of the trainer processes (default INFO).
 LOG_LEVEL_ENV = "ICLORA_LOG_LEVEL"
 # The run's object store (also the keys of the credentials Secrets the pods read them from).
@@ -167,6 +171,8 @@ class ArtifactUris(_Model):
     config_file: str | None = Field(default=None, alias="configFile")
     video: str | None = None
     debug_dataset: str | None = Field(default=None, alias="debugDataset")
+    metrics_file: str | None = Field(default=None, alias="metricsFile")  # per-step loss and LR (JSON lines)
+    loss_plot: str | None = Field(default=None, alias="lossPlot")  # PNG of the loss curve
 
 
 class Artifacts(ArtifactUris):
@@ -240,3 +246,7 @@ LORA_NAME = "lora.safetensors"
 CONFIG_NAME = "config.json"
 VIDEO_NAME = "validation.mp4"
 DEBUG_ARCHIVE_NAME = "debug-dataset.zip"
+# Per-step loss and learning rate, one JSON object per line ({"step", "loss", "lr"}): kept at the
+# run's top level while it trains (a resumed run continues it), copied to artifacts/ with its plot.
+METRICS_NAME = "metrics.jsonl"
+LOSS_PLOT_NAME = "loss.png"

@@ -114,6 +114,21 @@ class TrainerSettings(SpeedLevers):
         return min(100, max(0, steps // 20))
 
 
+def parse_overrides(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """`SETTING=VALUE` pairs from a command line -> TrainerSettings fields (list fields as a|b).
+
+    Raises:
+        ValueError: an unknown setting name (the message lists the known ones).
+    """
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        field = TrainerSettings.model_fields.get(key)
+        if field is None:
+            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(TrainerSettings.model_fields))}")
+        out[key] = [v for v in value.split("|") if v] if "list" in str(field.annotation) else value
+    return out
+
+
 def load_settings(path: str | Path | None, env: dict[str, str], overrides: dict[str, Any]) -> TrainerSettings:
     data: dict[str, Any] = {}
     if path:

@@ -61,12 +61,12 @@ class Run:
         return self.tmp / "term.log"
 
     def train(self, *extra: str, spec: dict | None = None, model: str | None = None, output: str | None = None,
-              env: dict[str, str] | None = None, sigterm_at: int | None = None):
+              env: dict[str, str] | None = None, sigterm_at: int | None = None, dataset: str | None = None):
         path = self.tmp / "spec.json"
         path.write_text(json.dumps({"training_data_url": "https://example.com/d.zip", "rank": 8, **(spec or {})}))
         tiny = self.fixture("tiny_checkpoint")
         args = (
-            "train", "--spec", str(path), "--dataset", str(self.fixture("prepared_dataset")),
+            "train", "--spec", str(path), "--dataset", dataset or str(self.fixture("prepared_dataset")),
             "--output", output or str(self.out), "--model-path", model or str(tiny.model_path),
             "--text-encoder-path", str(tiny.text_encoder_path),
             "--device", "cpu", "--dtype", "fp32", "--engine", "torch", "--steps", "1",
@@ -142,6 +142,13 @@ def object_store_unavailable_training(r: Run):
     return r.train(output=output, env=env)
 
 
+def object_store_unavailable_dataset(r: Run):
+    # The run's store fails while the prepared dataset downloads (issue 23): an outage, retried,
+    # never the user's DatasetInvalid.
+    _, env = unreachable_store()
+    return r.train(dataset="s3://iclora-test/run/prepared", env=env)
+
+
 def object_store_unavailable_preflight(r: Run):
     output, env = unreachable_store()  # the dataset is fine: the upload of the prepared one fails
     return r.preflight(r.fixture("short_zip"), output=output, env=env)
@@ -199,6 +206,8 @@ SCENARIOS = [
                  "ltx-2.3-missing.safetensors: no such file", id="MODEL_CONFIG_INVALID-missing-source"),
     pytest.param(ExitCode.OBJECT_STORE_UNAVAILABLE, Stage.TRAINING, object_store_unavailable_training,
                  "Connection refused", id="OBJECT_STORE_UNAVAILABLE-training"),
+    pytest.param(ExitCode.OBJECT_STORE_UNAVAILABLE, Stage.TRAINING, object_store_unavailable_dataset,
+                 "Connection refused", id="OBJECT_STORE_UNAVAILABLE-dataset"),
     pytest.param(ExitCode.OBJECT_STORE_UNAVAILABLE, Stage.PREFLIGHT, object_store_unavailable_preflight,
                  "Connection refused", id="OBJECT_STORE_UNAVAILABLE-preflight", marks=pytest.mark.media),
     pytest.param(ExitCode.CHECKPOINT_FAILED, Stage.TRAINING, checkpoint_failed, "checkpoint at step 1 failed",

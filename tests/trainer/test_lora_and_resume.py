@@ -83,7 +83,16 @@ def test_saved_lora_loads_through_ltx_core_and_changes_output(tmp_path, tiny_che
     assert (
         meta["training_type"] == "masked video-to-video IC-LoRA" and meta["reference_downscale_factor"] == "1"
     )
+    # What it was trained on: the base checkpoint's name and fingerprint, the bucket, frames, fps.
+    from iclora_trainer.model.identity import checkpoint_identity
+
+    base = checkpoint_identity(tiny_checkpoint.model_path)
+    assert meta["base_model_file"] == base.file and meta["base_model_fingerprint"] == base.fingerprint
+    assert meta["resolution"] == "64x64" and meta["number_of_frames"] == "9"
+    assert meta["reference_spatial_scale_factor"] == "1" and meta["ltx_core_version"] == "1.0.0"
     config = json.loads(Path(outcome.result.artifacts.config_file).read_text())
+    assert config["baseModelFingerprint"] == base.fingerprint and config["baseModelFile"] == base.file
+    assert config["triggerPhrase"] == "MASKEDIC" and config["frameRate"] == float(meta["frame_rate"])
     assert (
         config["rank"] == 8
         and config["numberOfFrames"] == 9

@@ -79,4 +79,7 @@ def test_train_from_and_to_s3(tmp_path, s3, tiny_checkpoint, prepared_dataset):
     # No cache folder given: fetched into the work dir's models/ (scratch), all of it downloaded.
     assert result.model.cache is None and result.model.downloaded_bytes == model_bytes
     assert list((tmp_path / "work" / "models").glob("*/*/ltx-tiny.safetensors"))
+    # The prepared dataset is downloaded once per pod (issue 23), not into each rank's folder.
+    assert (tmp_path / "work" / "dataset" / ".complete").exists()
+    assert not (tmp_path / "work" / "rank0" / "dataset").exists()
     assert os.path.exists(tmp_path / "term.log")

@@ -134,7 +134,7 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
     from iclora_api.trainer_settings import load_settings
     from iclora_api.validation import spec_from_document, validate_spec
     from iclora_trainer.distributed import dist_env, export_torch_env
-    from iclora_trainer.errors import DatasetError, SpecError
+    from iclora_trainer.errors import ScratchError, SpecError, TrainerError
     from iclora_trainer.loop import TrainingPlan, train
     from iclora_trainer.model.provision import provision_settings
     from iclora_trainer.reporting import Reporter
@@ -179,7 +179,10 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
     settings, model_fetch = provision_settings(settings, notes.note)
     if model_fetch.downloaded_bytes or model_fetch.reused_bytes:
         notes.note(None)  # fetched: the status stops saying so while the model loads
-    work = Path(settings.work_dir) / f"rank{dist.rank}"
+    # The pod's scratch: shared by its local ranks (the dataset, once; the latents, each triplet
+    # once), with one folder per rank for what is its own (checkpoints, artifacts).
+    pod = Path(settings.work_dir)
+    work = pod / f"rank{dist.rank}"
     settings = settings.model_copy(update={"work_dir": str(work)})
     dataset = args.dataset
     if dataset.endswith(".zip"):
@@ -187,10 +190,22 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
         from iclora_trainer.dataset import preflight  # type: ignore[attr-defined]
 
         dataset = str(preflight.prepare_for_training(dataset, spec, work / "prepared"))  # pragma: no cover
+    # One download per pod (the others wait on its lock). The store or the scratch disk failing
+    # is infrastructure (ObjectStoreError 20, ScratchError 22: retried), never DatasetInvalid.
+    waited: list[str] = []
+
+    def waiting(message: str) -> None:
+        waited.append(message)
+        notes.note(message)
+
     try:
-        dataset_dir = materialise(dataset, work / "dataset")
-    except Exception as exc:
-        raise DatasetError(f"dataset {dataset}: {exc}") from exc
+        dataset_dir = materialise(dataset, pod / "dataset", waiting)
+        if waited:
+            notes.note(None)  # the status stops saying so
+    except TrainerError:
+        raise
+    except OSError as exc:
+        raise ScratchError(f"dataset {dataset} into {pod / 'dataset'}: {exc}") from exc
     if dist.distributed:
         import deepspeed
         import torch
@@ -200,7 +215,7 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
         # fails after this, every rank exits and the Job restarts the gang from the last checkpoint.
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    timeout=timedelta(seconds=settings.collective_timeout_seconds))
-    outcome = train(plan, settings, dataset_dir, store, dist, model_fetch=model_fetch, stop=stop)
+    outcome = train(plan, settings, dataset_dir, store, dist, model_fetch=model_fetch, stop=stop, shared_dir=pod)
     return outcome.result
 
 

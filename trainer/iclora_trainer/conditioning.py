@@ -61,23 +61,27 @@ def build_sequence(
     sigma: torch.Tensor,
     fps: float,
     reference_downscale_factor: int = 1,
+    kept: torch.Tensor | None = None,
 ) -> SequenceInputs:
     """Assemble one training sequence.
 
     target, noise: (B, C, F, H, W) clean target latents and Gaussian noise;
     reference: (B, C, F, H/d, W/d); mask: (B, F, H, W) bool latent mask (True = regenerate);
-    sigma: (B,) in (0, 1).
+    sigma: (B,) in (0, 1); kept: (B, C, F, H, W) the clean latents the kept (unmasked) tokens
+    show, encoded from the clip with its masked pixels neutralised (default: `target`). The
+    velocity target is always the full `target`'s.
     """
     if mask.shape != (target.shape[0], *target.shape[2:]):
         raise ValueError(f"mask {tuple(mask.shape)} does not match target latent {tuple(target.shape)}")
     x0 = patchify(target)
+    clean = x0 if kept is None else patchify(kept).to(x0.dtype)
     eps = patchify(noise)
     ref = patchify(reference)
     token_mask = mask.flatten(1)  # (B, T_t), same (f, h, w) order as patchify
     m = token_mask.unsqueeze(-1).to(x0.dtype)
     s = sigma.view(-1, 1, 1).to(x0.dtype)
     noised = (1 - s) * x0 + s * eps
-    target_in = m * noised + (1 - m) * x0
+    target_in = m * noised + (1 - m) * clean
     target_t = token_mask.to(x0.dtype) * sigma.view(-1, 1).to(x0.dtype)
 
     batch, n_target, _ = x0.shape

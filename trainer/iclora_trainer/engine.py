@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +55,7 @@ class Engine(Protocol):
     rank: int
     world_size: int
     device: torch.device
+    cfg: OptimConfig  # base LR and schedule: the LR of step s is cfg.lr * lr_factor(s, cfg)
     module: torch.nn.Module
 
     def step(self, loss: torch.Tensor) -> None: ...
@@ -137,6 +139,18 @@ def _one_rank_group(device: torch.device) -> None:
     )
 
 
+def _bounded_deepspeed_world_group(timeout: timedelta) -> None:
+    """DeepSpeed reduces gradients on its own copy of the world group, which it creates with
+    `new_group(ranks)` and no timeout (deepspeed/utils/groups.py `_clone_world_group`), so torch's
+    default (10 min NCCL, 30 min gloo) applied instead of the profile's collectiveTimeoutSeconds:
+    a lost rank left its peers hanging there. Made here, first, with the timeout."""
+    from deepspeed.utils import groups
+
+    world = torch.distributed.get_world_size()
+    if world > 1 and getattr(groups, "_WORLD_GROUP", None) is None:
+        groups._WORLD_GROUP = torch.distributed.new_group(ranks=list(range(world)), timeout=timeout)
+
+
 class DeepSpeedEngine:
     """DeepSpeed data parallel (ZeRO 0-2) across the ranks in the environment."""
 
@@ -148,10 +162,13 @@ class DeepSpeedEngine:
         zero_stage: int,
         micro_batch: int,
         bf16: bool,
+        collective_timeout: timedelta | None = None,
     ) -> None:
         import deepspeed
 
         _one_rank_group(device)
+        if collective_timeout is not None:
+            _bounded_deepspeed_world_group(collective_timeout)
         self.cfg = cfg
         self.device = device
         params = [p for p in module.parameters() if p.requires_grad]
@@ -246,7 +263,8 @@ def build_engine(
     use_ds = settings.engine == "deepspeed" or (settings.engine == "auto" and (distributed or device.type == "cuda"))
     if use_ds:
         return DeepSpeedEngine(
-            model, cfg, device, settings.zero_stage, settings.batch_size, bf16=dtype == torch.bfloat16
+            model, cfg, device, settings.zero_stage, settings.batch_size, bf16=dtype == torch.bfloat16,
+            collective_timeout=timedelta(seconds=settings.collective_timeout_seconds),
         )
     if distributed:
         raise ModelConfigError("engine 'torch' is single-process; use 'deepspeed' with several ranks")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from iclora_api.contract import (
     CONFIG_NAME,
     DEBUG_ARCHIVE_NAME,
     LORA_NAME,
+    LOSS_PLOT_NAME,
+    METRICS_NAME,
     MODEL_PATH_ENV,
     TEXT_ENCODER_PATH_ENV,
     VIDEO_NAME,
@@ -25,11 +28,12 @@ from iclora_api.contract import (
 )
 from iclora_api.trainer_settings import TrainerSettings, fingerprint
 from iclora_trainer.checkpointing import TrainerState, load_latest, save_checkpoint
-from iclora_trainer.data import PrecomputedDataset, precompute, read_prepared
-from iclora_trainer.distributed import DistEnv
-from iclora_trainer.engine import build_engine
+from iclora_trainer.data import PrecomputedDataset, latent_cache_key, precompute_dir, read_manifest
+from iclora_trainer.distributed import DistEnv, RankZeroGate, apply_thread_limits
+from iclora_trainer.engine import build_engine, lr_factor
 from iclora_trainer.errors import ModelConfigError
-from iclora_trainer.lora_io import TRAINING_TYPE, export_lora, save_lora
+from iclora_trainer.lora_io import TRAINING_TYPE, export_lora, load_into_adapters, read_lora, save_lora
+from iclora_trainer.metrics import MetricsLog
 from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
 from iclora_trainer.preemption import Preempted, StopSignal
 from iclora_trainer.reporting import Reporter
@@ -104,7 +108,14 @@ def load_and_precompute(
     device: torch.device,
     dtype: torch.dtype,
     reference_downscale_factor: int = 1,
+    shared_dir: Path | None = None,
 ) -> tuple[PrecomputedDataset, dict[str, Any]]:
+    """Latents, masks and embeddings of the prepared dataset, streamed one clip at a time (data.py).
+
+    `shared_dir`: the pod's scratch folder its local ranks share; latents go to its `latents/`
+    folder, each triplet encoded by one rank and read by all (data.precompute_shared). Without
+    it, this process's work folder (one rank: the same thing).
+    """
     from iclora_trainer.model.loading import load_video_encoder
     from iclora_trainer.model.text import load_text_encoder
 
@@ -112,29 +123,34 @@ def load_and_precompute(
         raise ModelConfigError(f"no model checkpoint: set --model-path or {MODEL_PATH_ENV}")
     if not settings.text_encoder_path:
         raise ModelConfigError(f"no text encoder: set --text-encoder-path or {TEXT_ENCODER_PATH_ENV}")
-    manifest, triplets = read_prepared(dataset_dir)
-    encoder = load_video_encoder(settings.model_path, device, dtype)
-    text_encoder = load_text_encoder(settings.text_encoder_path, settings.model_path, device, dtype)
-    data = precompute(
-        triplets,
+    model_path, text_path = settings.model_path, settings.text_encoder_path
+    manifest = read_manifest(dataset_dir)
+    key = latent_cache_key(dataset_dir, manifest, model_path, dtype, device, reference_downscale_factor)
+
+    def free() -> None:  # the VAE before the text encoder, both before the transformer is loaded
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    data = precompute_dir(
+        dataset_dir,
         manifest.frame_rate,
-        encoder,
-        text_encoder,
+        lambda: load_video_encoder(model_path, device, dtype),
+        lambda: load_text_encoder(text_path, model_path, device, dtype),
         device,
         dtype,
         reference_downscale_factor,
+        cache=Path(shared_dir or settings.work_dir) / "latents" / key,
+        manifest=manifest,
+        free=free,
     )
-    # Free the VAE and the text encoder before the transformer is loaded.
-    del encoder, text_encoder
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free()
     geometry = {
         "width": manifest.width,
         "height": manifest.height,
         "numberOfFrames": manifest.number_of_frames,
         "frameRate": manifest.frame_rate,
-        "triplets": len(triplets),
+        "triplets": len(manifest.triplets),
         "datasetFingerprint": fingerprint(
             {"names": [t.name for t in manifest.triplets], "m": manifest.model_dump()}
         ),
@@ -151,6 +167,7 @@ def train(
     stop_after: int | None = None,
     model_fetch: ModelFetch | None = None,
     stop: StopSignal | None = None,
+    shared_dir: Path | None = None,
 ) -> TrainOutcome:
     """Run (or resume) the training; `stop_after` ends early after that many steps (tests of resume).
 
@@ -164,16 +181,29 @@ def train(
     work_dir = Path(settings.work_dir)
     steps = settings.steps or plan.steps
     torch.manual_seed(settings.seed)
+    # This rank's share of the pod's CPU limit (not the node's cores) for torch's CPU work.
+    apply_thread_limits()
 
-    data, geometry = load_and_precompute(dataset_dir, settings, device, dtype, plan.reference_downscale_factor)
-    validator = _Validator.create(plan, settings, work_dir, device, dtype) if dist.rank == 0 else None
+    data, geometry = load_and_precompute(dataset_dir, settings, device, dtype, plan.reference_downscale_factor,
+                                         shared_dir)
+    # Work rank 0 does alone (validation inputs, reels, final artifacts) never runs while the
+    # others sit in a collective, whose timeout it could outlast (issue 23.3): they wait on the
+    # rendezvous store instead, for as long as rank 0 makes progress (distributed.RankZeroGate).
+    gate = RankZeroGate.for_process_group(dist, settings.collective_timeout_seconds)
+    has_validation = plan.validation is not None and bool(plan.validation.entries)
+    validator: _Validator | None = None
     strategy = MaskedICLoraStrategy(
         fps=data.fps, reference_downscale_factor=plan.reference_downscale_factor
     )
-
-    model = prepare_for_training(
-        load_transformer(settings.model_path or "", device, dtype), plan.rank, settings, device
-    )
+    # Rank 0 prepares the validation inputs (Gemma, VAE, media fetches) while the others load
+    # the transformer; all meet before DeepSpeed's first collective.
+    with gate.section("startup"):
+        if dist.rank == 0:
+            validator = _Validator.create(plan, settings, work_dir, device, dtype, gate.beat)
+            gate.beat()
+        model = prepare_for_training(
+            load_transformer(settings.model_path or "", device, dtype), plan.rank, settings, device
+        )
     engine = build_engine(model, settings, plan.learning_rate, steps, device, dtype, dist.distributed)
 
     global_batch = settings.batch_size * dist.world_size
@@ -197,6 +227,8 @@ def train(
         log.info("resuming from the checkpoint of step %d of %d", start, steps)
     reporter = Reporter(store, steps, settings.progress_interval, enabled=dist.rank == 0)
     reporter.start(start)
+    metrics = MetricsLog(store, work_dir, enabled=dist.rank == 0)
+    metrics.restore(start)
     outcome = TrainOutcome(result=Result(status="Failed"), start_step=start)
     latent_shape = tuple(data.target.shape[1:])
     num_tokens = int(data.mask[0].numel())
@@ -221,7 +253,7 @@ def train(
             done = step + 1
             checkpoint_due = done % settings.checkpoint_interval == 0 and done < steps
             validation_due = bool(
-                validator and settings.validation_interval and done % settings.validation_interval == 0
+                has_validation and settings.validation_interval and done % settings.validation_interval == 0
             ) and done < steps
             stopping = stop_after is not None and done >= stop_after and done < steps
             # Every rank votes at every step (a collective): all stop at the same step.
@@ -230,7 +262,10 @@ def train(
                 checkpoint_due, validation_due = True, False
             if (done % settings.progress_interval == 0 or done == steps or checkpoint_due or stopping
                     or preempted):
-                outcome.losses.extend(engine.mean_losses(torch.stack(pending)))
+                interval_losses = engine.mean_losses(torch.stack(pending))
+                outcome.losses.extend(interval_losses)
+                metrics.append(done - len(pending) + 1, interval_losses,
+                               lambda s: engine.cfg.lr * lr_factor(s, engine.cfg))
                 pending.clear()
                 loss_value = outcome.losses[-1]
                 reporter.progress(done, loss_value, force=preempted)
@@ -244,8 +279,9 @@ def train(
                     settings.keep_checkpoints,
                     uploader=True,
                 )
-            if validator and validation_due:
-                validator.render(model, store)
+            if validation_due:
+                # Rank 0 renders (if its inputs were usable); the others wait for it off-collective.
+                gate.run(f"validation-{done}", lambda: validator.render(model, store) if validator else None)
             if preempted:
                 engine.close()
                 name = stop.signal_name if stop is not None and stop.signal_name else "another rank's signal"
@@ -257,13 +293,20 @@ def train(
                 return outcome
 
     artifacts = None
-    if dist.rank == 0:
-        artifacts, outcome.lora_path = _write_artifacts(
-            store, work_dir, model, plan, settings, steps, geometry
-        )
-        if validator:
-            artifacts.video = validator.render(model, store)
-    engine.barrier()
+    # Rank 0 writes the LoRA and renders the last reel; the others wait off-collective, and rank
+    # 0 reports only once each has seen the gate open (its store lives as long as it does).
+    with gate.section("final", confirm=True):
+        if dist.rank == 0:
+            artifacts, outcome.lora_path = _write_artifacts(
+                store, work_dir, model, plan, settings, steps, geometry
+            )
+            artifacts.metrics_file, artifacts.loss_plot = _write_loss_curve(store, work_dir, metrics, plan)
+            gate.beat()
+            if validator:
+                # The final reel shows what the delivered file does (its bf16 weights in the
+                # adapters), so `iclora generate` with the file reproduces it exactly.
+                load_into_adapters(model, read_lora(outcome.lora_path)[0])
+                artifacts.video = validator.render(model, store)
     outcome.result = Result(
         status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}", model=model_fetch
     )
@@ -272,14 +315,43 @@ def train(
     return outcome
 
 
-def lora_metadata(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, str]:
+def trained_on(plan: TrainingPlan, settings: TrainerSettings, geometry: dict[str, Any]) -> dict[str, Any]:
+    """What the LoRA was trained on (config.json's names): base checkpoint identity, ltx-core
+    version, resolution bucket, frames, fps, reference downscale, trigger phrase."""
+    from iclora_trainer.model.identity import FINGERPRINT_RECIPE, checkpoint_identity, ltx_core_version
+
+    identity = checkpoint_identity(settings.model_path) if settings.model_path else None
+    return {
+        "baseModel": settings.base_model,
+        "baseModelFile": identity.file if identity else "",
+        "baseModelFingerprint": identity.fingerprint if identity else "",
+        "baseModelFingerprintRecipe": FINGERPRINT_RECIPE,
+        "ltxCoreVersion": ltx_core_version(),
+        "resolution": {"width": geometry["width"], "height": geometry["height"]},
+        "numberOfFrames": geometry["numberOfFrames"],
+        "frameRate": geometry["frameRate"],
+        "referenceDownscaleFactor": plan.reference_downscale_factor,
+        "triggerPhrase": plan.trigger_phrase,
+    }
+
+
+def lora_metadata(plan: TrainingPlan, trained: dict[str, Any]) -> dict[str, str]:
+    """The LoRA file's safetensors metadata (strings), snake_case as ltx-core/ComfyUI loaders read it."""
     return {
         "rank": str(plan.rank),
         "alpha": str(plan.alpha),
         "trigger_phrase": plan.trigger_phrase,
         "training_type": TRAINING_TYPE,
-        "base_model": settings.base_model,
+        "base_model": trained["baseModel"],
+        "base_model_file": trained["baseModelFile"],
+        "base_model_fingerprint": trained["baseModelFingerprint"],
+        "ltx_core_version": trained["ltxCoreVersion"],
+        "resolution": f"{trained['resolution']['width']}x{trained['resolution']['height']}",
+        "number_of_frames": str(trained["numberOfFrames"]),
+        "frame_rate": str(trained["frameRate"]),
         "reference_downscale_factor": str(plan.reference_downscale_factor),
+        # The same factor under the name newer LTX trainers write.
+        "reference_spatial_scale_factor": str(plan.reference_downscale_factor),
         "format": "ltx-core/comfyui diffusion_model.* lora_A/lora_B, alpha folded into lora_B",
     }
 
@@ -294,21 +366,17 @@ def _write_artifacts(
     geometry: dict[str, Any],
 ) -> tuple[Artifacts, Path]:
     out = work_dir / ARTIFACTS_DIR
+    trained = trained_on(plan, settings, geometry)
     lora_path = save_lora(
-        out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, settings)
+        out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, trained)
     )
     config = {
-        "triggerPhrase": plan.trigger_phrase,
+        **trained,
         "trainingType": TRAINING_TYPE,
         "rank": plan.rank,
         "alpha": plan.alpha,
         "steps": steps,
         "learningRate": plan.learning_rate,
-        "numberOfFrames": geometry["numberOfFrames"],
-        "frameRate": geometry["frameRate"],
-        "resolution": {"width": geometry["width"], "height": geometry["height"]},
-        "baseModel": settings.base_model,
-        "referenceDownscaleFactor": plan.reference_downscale_factor,
         "loraKeyFormat": "diffusion_model.transformer_blocks.{i}.<module>.lora_A.weight / lora_B.weight",
     }
     config_path = out / CONFIG_NAME
@@ -319,6 +387,26 @@ def _write_artifacts(
     debug_key = f"{ARTIFACTS_DIR}/{DEBUG_ARCHIVE_NAME}"
     debug_uri = store.url(debug_key) if debug_key in store.list(ARTIFACTS_DIR) else None
     return Artifacts(lora_file=lora_uri, config_file=config_uri, debug_dataset=debug_uri), lora_path
+
+
+def _no_progress() -> None:
+    return None
+
+
+def _write_loss_curve(store: Store, work_dir: Path, metrics: MetricsLog, plan: TrainingPlan
+                      ) -> tuple[str | None, str | None]:
+    """artifacts/metrics.jsonl and artifacts/loss.png (URIs); a plot that fails costs only the plot."""
+    from iclora_trainer.metrics import plot_loss
+
+    out = work_dir / ARTIFACTS_DIR
+    metrics_uri = store.put_file(metrics.path, f"{ARTIFACTS_DIR}/{METRICS_NAME}")
+    try:
+        title = f"{TRAINING_TYPE}, rank {plan.rank}, {plan.steps} steps"
+        plot = plot_loss(metrics.rows, out / LOSS_PLOT_NAME, title)
+    except Exception:
+        log.exception("loss plot failed; the run continues without it")
+        return metrics_uri, None
+    return metrics_uri, store.put_file(plot, f"{ARTIFACTS_DIR}/{LOSS_PLOT_NAME}")
 
 
 @dataclass
@@ -333,10 +421,18 @@ class _Validator:
     device: torch.device
     dtype: torch.dtype
     reference_downscale_factor: int = 1
+    # Called as the work advances: the other ranks' proof that rank 0 is still at it (RankZeroGate).
+    progress: Callable[[], None] = _no_progress
 
     @classmethod
     def create(
-        cls, plan: TrainingPlan, settings: TrainerSettings, work_dir: Path, device: torch.device, dtype: torch.dtype
+        cls,
+        plan: TrainingPlan,
+        settings: TrainerSettings,
+        work_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        progress: Callable[[], None] = _no_progress,
     ) -> _Validator | None:
         from iclora_trainer.validation import prepare_validation
 
@@ -352,6 +448,7 @@ class _Validator:
                 device,
                 dtype,
                 plan.reference_downscale_factor,
+                progress,
             )
         except Exception:
             # The reel is a preview: unreadable validation media must not cost the user the LoRA.
@@ -365,7 +462,9 @@ class _Validator:
             rescale_scale=settings.validation_rescale_scale,
             seed=settings.seed,
         )
-        return cls(vplan, entries, guidance, settings, work_dir, device, dtype, plan.reference_downscale_factor)
+        return cls(
+            vplan, entries, guidance, settings, work_dir, device, dtype, plan.reference_downscale_factor, progress
+        )
 
     def render(self, model: torch.nn.Module, store: Store) -> str | None:
         """Render the reel, upload it as artifacts/validation.mp4 and return its URI (None on failure)."""
@@ -382,9 +481,13 @@ class _Validator:
                 self.device,
                 self.dtype,
                 self.reference_downscale_factor,
+                self.progress,
             )
         except Exception:
             log.exception("validation reel failed; the run continues without it")
             return None
         log.info("validation reel written: %s", path)
-        return store.put_file(path, f"{ARTIFACTS_DIR}/{VIDEO_NAME}")
+        self.progress()
+        uri = store.put_file(path, f"{ARTIFACTS_DIR}/{VIDEO_NAME}")
+        self.progress()
+        return uri

@@ -79,3 +79,61 @@ def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict
     )
     tmp.replace(path)
     return path
+
+
+def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and safetensors metadata of a LoRA file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+
+
+def lora_rank(tensors: dict[str, torch.Tensor]) -> int:
+    """The rank of a loader-layout LoRA (rows of its lora_A weights); ValueError if they disagree."""
+    ranks = {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A.weight")}
+    if len(ranks) != 1:
+        raise ValueError(f"not a single-rank LoRA (lora_A ranks {sorted(ranks) or 'none'})")
+    return ranks.pop()
+
+
+def load_into_adapters(model: torch.nn.Module, tensors: dict[str, torch.Tensor], strength: float = 1.0) -> int:
+    """Copy a loader-layout LoRA (`export_lora`'s output, from a file) into the model's PEFT adapters.
+
+    The inverse of `export_lora`: B is divided by the adapter's alpha / rank again. The model
+    carries adapters from `apply_lora` of the same rank; each tensor keeps the adapter's dtype
+    (fp32 in training), so a model loaded from the file computes exactly what the file holds.
+    Returns the number of projections loaded.
+
+    Raises:
+        ValueError: a key names no adapter of this model, a shape differs, or adapters stay unset.
+    """
+    seen: set[str] = set()
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if not key.startswith(KEY_PREFIX) or not key.endswith(("lora_A.weight", "lora_B.weight")):
+                raise ValueError(f"{key}: not a LoRA key of the ltx-core layout")
+            module_path, which = key[len(KEY_PREFIX):].rsplit(".lora_", 1)
+            which = which[0]
+            try:
+                layer = model.get_submodule(module_path)
+                adapters = layer.lora_A if which == "A" else layer.lora_B
+                target = adapters[ADAPTER_NAME].weight
+            except (AttributeError, KeyError) as exc:
+                raise ValueError(f"{key}: the model has no LoRA adapter at {module_path}") from exc
+            if tuple(target.shape) != tuple(value.shape):
+                raise ValueError(f"{key}: shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)}")
+            scaled = value.float() * strength
+            if which == "B":
+                scaled = scaled / layer.scaling[ADAPTER_NAME]
+            target.copy_(scaled.to(target.dtype))
+            seen.add(key)
+    expected = {
+        f"{KEY_PREFIX}{m}.lora_{ab}.weight"
+        for m in (n for n, mod in model.named_modules() if hasattr(mod, "lora_A") and ADAPTER_NAME in mod.lora_A)
+        for ab in "AB"
+    }
+    if expected - seen:
+        missing = sorted(expected - seen)
+        raise ValueError(f"the LoRA has no weights for {len(missing)} adapted projections, e.g. {missing[0]}")
+    return len(seen) // 2

@@ -35,14 +35,24 @@ def reel_frames(panels: list[Panel]) -> np.ndarray:
 
 
 def write_reel(path: Path, panels: list[Panel], fps: float) -> Path:
+    return write_video(path, reel_frames(panels), fps)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, *, lossless: bool = False) -> Path:
+    """(F, H, W, 3) uint8 RGB -> H.264. Default: yuv420p (plays everywhere; sides must be even).
+    `lossless`: libx264rgb at QP 0, RGB kept bit-exact (ffmpeg/VLC play it, browsers do not)."""
     import av
 
-    frames = reel_frames(panels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        rate = Fraction(fps).limit_denominator(1001)
+        if lossless:
+            stream = container.add_stream("libx264rgb", rate=rate, options={"qp": "0", "preset": "veryfast"})
+            stream.pix_fmt = "rgb24"
+        else:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.pix_fmt = "yuv420p"
         stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

@@ -8,13 +8,16 @@ TLS). Writes are atomic: local files are renamed into place; S3 objects appear w
 from __future__ import annotations
 
 import io
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
 from iclora_api.objectstore import StoreCredentials, make_client
-from iclora_trainer.errors import ObjectStoreError
+from iclora_trainer.errors import ObjectStoreError, ScratchError, is_disk_error
+from iclora_trainer.podlock import locked
 
 
 class Store(Protocol):
@@ -59,13 +62,16 @@ class LocalStore:
             shutil.copyfile(self.root / key, local)
 
     def list(self, prefix: str) -> list[str]:
+        """Keys that start with `prefix`, as an S3 listing gives them (a folder or a file name)."""
         base = self.root / prefix
-        if not base.exists():
+        search = base if base.is_dir() else base.parent
+        if not search.exists():
             return []
         return sorted(
-            str(p.relative_to(self.root))
-            for p in base.rglob("*")
+            key
+            for p in search.rglob("*")
             if p.is_file() and not p.name.endswith(".tmp")
+            and (key := str(p.relative_to(self.root))).startswith(prefix)
         )
 
     def delete_prefix(self, prefix: str) -> None:
@@ -107,6 +113,10 @@ class S3Store:
     def get_file(self, key: str, local: Path) -> None:
         try:
             self.client.fget_object(self.bucket, self._key(key), str(local))
+        except OSError as exc:
+            if is_disk_error(exc):
+                raise ScratchError(f"download {self.url(key)} to {local}: {exc}") from exc
+            raise ObjectStoreError(f"download {self.url(key)}: {exc}") from exc
         except Exception as exc:
             raise ObjectStoreError(f"download {self.url(key)}: {exc}") from exc
 
@@ -132,11 +142,58 @@ def open_store(uri: str) -> Store:
     return LocalStore(uri)
 
 
-def materialise(uri: str, local: Path) -> Path:
-    """A local directory holding the tree at `uri` (downloaded if it is an s3:// prefix)."""
+DATASET_MARKER = ".complete"
+
+
+def materialise(uri: str, local: Path, waiting: Callable[[str], None] | None = None) -> Path:
+    """A local directory holding the tree at `uri` (downloaded if it is an s3:// prefix).
+
+    `local` is a folder of the pod's scratch, shared by its local ranks: one downloads, the
+    others wait on its lock (`download_tree`). A store that fails is an ObjectStoreError (20),
+    a full or broken scratch disk a ScratchError (22): both retried, neither the user's fault.
+    """
     if not uri.startswith("s3://"):
         return Path(uri)
-    store = S3Store(uri)
-    for key in store.list(""):
-        store.get_file(key, local / key)
+    return download_tree(S3Store(uri), local, waiting)
+
+
+def download_tree(store: Store, local: Path, waiting: Callable[[str], None] | None = None) -> Path:
+    """Every object of `store` into `local`, once per pod: the same lock and marker as the base model.
+
+    Each process lists the store, then takes `<local>.lock` (iclora_trainer.podlock); the first
+    downloads every file and writes `<local>/.complete` (the URI and each file's size) last, the
+    others find the marker and download nothing. A process that dies mid-download releases the
+    lock and leaves no marker: the next one downloads again. The marker must name exactly the
+    store's listing and the files must have its sizes, or the tree is fetched anew.
+    """
+    keys = store.list("")
+    with locked(local.with_name(local.name + ".lock"), waiting,
+                "fetching dataset: waiting for another process of this pod that downloads it"):
+        if _tree_complete(local, store.uri, keys):
+            return local
+        try:
+            (local / DATASET_MARKER).unlink(missing_ok=True)
+            for key in keys:
+                (local / key).parent.mkdir(parents=True, exist_ok=True)
+                store.get_file(key, local / key)
+            marker = {"uri": store.uri, "files": {key: (local / key).stat().st_size for key in keys}}
+            tmp = local / (DATASET_MARKER + ".tmp")
+            tmp.write_text(json.dumps(marker, indent=1))
+            tmp.replace(local / DATASET_MARKER)
+        except OSError as exc:
+            raise ScratchError(f"dataset {store.uri} into {local} (pod scratch): {exc}") from exc
     return local
+
+
+def _tree_complete(local: Path, uri: str, keys: list[str]) -> bool:
+    try:
+        marker = json.loads((local / DATASET_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    files = marker.get("files") or {}
+    if marker.get("uri") != uri or sorted(files) != sorted(keys):
+        return False
+    try:
+        return all((local / key).stat().st_size == size for key, size in files.items())
+    except OSError:
+        return False

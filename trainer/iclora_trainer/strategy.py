@@ -18,6 +18,9 @@ class LatentBatch:
     mask: torch.Tensor  # (B, F, H, W) bool latent mask, True = regenerate
     context: torch.Tensor  # (B, L, D) text context
     context_mask: torch.Tensor  # (B, L) 1 = real token
+    # (B, C, F, H, W) kept-token conditioning: the target encoded with its masked pixels
+    # neutralised (iclora_trainer.data.encode_video); None: the target itself.
+    kept: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class MaskedICLoraStrategy:
             sigma,
             self.fps,
             self.reference_downscale_factor,
+            batch.kept,
         )
 
     def forward(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,9 @@ class PreparedEntry:
     context_mask: torch.Tensor  # (L,)
     negative_context: torch.Tensor
     negative_context_mask: torch.Tensor
+    # (C, F', H', W') the source with its masked pixels neutralised: what the kept tokens show,
+    # as in training. None: `source_latent` (which always fills the kept cells for decoding).
+    kept_latent: torch.Tensor | None = None
 
 
 def unpatchify(tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -137,13 +141,20 @@ def sample_latent(
     device: torch.device,
     dtype: torch.dtype,
     reference_downscale_factor: int = 1,
+    progress: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """Euler sampling of the masked cells; returns the clean latent (1, C, F, H, W)."""
+    """Euler sampling of the masked cells; returns the clean latent (1, C, F, H, W).
+
+    `progress` is called after every sampler step (rank 0 tells the waiting ranks it is alive,
+    iclora_trainer.distributed.RankZeroGate)."""
     from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
     from ltx_core.components.schedulers import LTX2Scheduler
     from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, PerturbationType
 
-    x0 = entry.source_latent[None].to(device, torch.float32)
+    # Kept cells are conditioned on the neutralised source (what training showed them); the
+    # source's own latents fill them for decoding, so no neutral grey bleeds into the edit's edge.
+    source = entry.source_latent[None].to(device, torch.float32)
+    x0 = source if entry.kept_latent is None else entry.kept_latent[None].to(device, torch.float32)
     ref = entry.reference_latent[None].to(device, torch.float32)
     mask = entry.latent_mask[None].to(device)
     m = mask[:, None].to(torch.float32)
@@ -192,7 +203,9 @@ def sample_latent(
         velocity = (x - denoised) / sigma
         x = x + (sigma_next - sigma) * velocity
         x = m * x + (1 - m) * x0
-    return x
+        if progress is not None:
+            progress()
+    return m * x + (1 - m) * source
 
 
 def prepare_entry(
@@ -222,6 +235,7 @@ def prepare_entry(
         mask=mask,
         reference=reference,
         source_latent=encode_video(encoder, source, device, dtype),
+        kept_latent=encode_video(encoder, source, device, dtype, neutral=mask),
         reference_latent=encode_video(encoder, reference, device, dtype, reference_downscale_factor),
         latent_mask=latent_mask(torch.from_numpy(mask)[None])[0],
         context=pos.context,
@@ -239,23 +253,29 @@ def prepare_validation(
     device: torch.device,
     dtype: torch.dtype,
     reference_downscale_factor: int = 1,
+    progress: Callable[[], None] | None = None,
 ) -> list[PreparedEntry]:
-    """Fetch, fit and encode every entry once (VAE encoder and text encoder freed after)."""
+    """Fetch, fit and encode every entry once (VAE encoder and text encoder freed after).
+
+    `progress` is called after each model load, media file and entry (see `sample_latent`)."""
+    from iclora_trainer import validation_media
     from iclora_trainer.model.loading import load_video_encoder
     from iclora_trainer.model.text import load_text_encoder
-    from iclora_trainer.validation_media import fetch
 
+    beat = progress or (lambda: None)
     encoder = load_video_encoder(model_path, device, dtype)
+    beat()
     text_encoder = load_text_encoder(text_encoder_path, model_path, device, dtype)
+    beat()
     out = []
     for i, e in enumerate(plan.entries):
         d = work_dir / f"entry{i}"
         d.mkdir(parents=True, exist_ok=True)
-        paths = (
-            fetch(e.video_url, d / "video"),
-            fetch(e.mask_url, d / "mask"),
-            fetch(e.reference_video_url, d / "ref"),
-        )
+        fetched = []
+        for url, sub in ((e.video_url, "video"), (e.mask_url, "mask"), (e.reference_video_url, "ref")):
+            fetched.append(validation_media.fetch(url, d / sub))
+            beat()
+        paths = (fetched[0], fetched[1], fetched[2])
         out.append(
             prepare_entry(
                 paths,
@@ -269,6 +289,7 @@ def prepare_validation(
                 reference_downscale_factor,
             )
         )
+        beat()
     # Free the VAE encoder and the text encoder before the transformer is loaded.
     del encoder, text_encoder
     gc.collect()
@@ -303,15 +324,18 @@ def run_entries(
     device: torch.device,
     dtype: torch.dtype,
     reference_downscale_factor: int = 1,
+    progress: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
-    """The composited result (F, H, W, 3) uint8 of every entry."""
+    """The composited result (F, H, W, 3) uint8 of every entry (`progress`: see `sample_latent`)."""
     was_training = model.training
     model.eval()
     try:
         results = []
         for entry in entries:
-            latent = sample_latent(model, entry, guidance, fps, device, dtype, reference_downscale_factor)
+            latent = sample_latent(model, entry, guidance, fps, device, dtype, reference_downscale_factor, progress)
             generated = decode(decoder, latent, guidance.seed, tiled=device.type == "cuda")
+            if progress is not None:
+                progress()
             f, h, w = entry.mask.shape
             results.append(composite(entry.source, generated[:f, :h, :w], entry.mask))
         return results
@@ -329,13 +353,20 @@ def render_validation(
     device: torch.device,
     dtype: torch.dtype,
     reference_downscale_factor: int = 1,
+    progress: Callable[[], None] | None = None,
 ) -> Path:
-    """Sample every entry and write the reel to `out_path` (the decoder is loaded for this call only)."""
+    """Sample every entry and write the reel to `out_path` (the decoder is loaded for this call only).
+
+    `progress`: called as the work advances (see `sample_latent`)."""
     from iclora_trainer.model.loading import load_video_decoder
     from iclora_trainer.reel import write_reel
 
     decoder = load_video_decoder(model_path, device, dtype)
-    results = run_entries(model, decoder, entries, guidance, plan.frame_rate, device, dtype, reference_downscale_factor)
+    if progress is not None:
+        progress()
+    results = run_entries(
+        model, decoder, entries, guidance, plan.frame_rate, device, dtype, reference_downscale_factor, progress
+    )
     del decoder
     panels = [(e.source, e.mask, e.reference, r, e.prompt) for e, r in zip(entries, results, strict=True)]
     return write_reel(out_path, panels, plan.frame_rate)

@@ -151,6 +151,37 @@ def _start_operator_process(cluster: Any, settings: Any, timeout: float = 60.0) 
     return log_path
 
 
+def _generate(out: Any, folder: Path, inputs: Path, prompt: str, tiny: Any) -> None:
+    """Use the LoRA as a user would: `iclora generate` on the validation entry (the reel's result)."""
+    import shlex
+
+    import numpy as np
+
+    from iclora_api.cli import main as iclora
+    from iclora_trainer.validation_media import load_fitted
+
+    argv = ["generate", "--lora", str(folder / "lora.safetensors"), "--source", str(inputs / "source.mp4"),
+            "--mask", str(inputs / "mask.png"), "--reference", str(inputs / "reference.mp4"), "--prompt", prompt,
+            "--resolution", "low", "--aspect-ratio", "16:9", "--number-of-frames", "9",
+            "--model-path", str(tiny.model_path), "--text-encoder-path", str(tiny.text_encoder_path),
+            "--device", "cpu", "--lossless", "--output", str(folder / "generated.mp4"),
+            "--reel", str(folder / "generated-reel.mp4")]
+    out(f"[demo] running the LoRA on the validation entry:\n  iclora {shlex.join(argv[1:])}\n")
+    if iclora(argv) != 0:
+        raise RuntimeError("iclora generate failed")
+    import av
+
+    with av.open(str(folder / "generated.mp4")) as c:
+        result = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    frames, height, width = result.shape[:3]
+    source = load_fitted(inputs / "source.mp4", frames, 24.0, width, height)
+    mask = load_fitted(inputs / "mask.png", frames, 24.0, width, height, mask=True)
+    kept = bool(np.array_equal(result[~mask], source[~mask]))
+    out(f"[demo] generated.mp4: {frames} frames {width}x{height}; kept region equals the source: {kept}\n")
+    if not kept:
+        raise RuntimeError("generate changed pixels outside the mask")
+
+
 def _http_ok(url: str) -> bool:
     from urllib.request import urlopen
 
@@ -275,6 +306,7 @@ def run_demo(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         for key, uri in sorted((status.get("artifacts") or {}).items()):
             out(f"[demo] {key:<13} {uri}\n              -> {_download(s3, uri, folder)}\n")
+        _generate(out, folder, state / "validation", validation["prompt"], tiny)
         out(f"[demo] succeeded in {time.monotonic() - started:.0f} s; {status.get('billingUnits')} billing units\n")
         if args.keep:
             out(f"[demo] cluster and operator left running. Train again with:\n"

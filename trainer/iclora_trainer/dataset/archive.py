@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from iclora_trainer.errors import DatasetError
+from iclora_trainer.errors import DatasetError, ScratchError
 
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 CHUNK = 1 << 20
@@ -74,8 +74,8 @@ def extract_zip(zip_path: Path, dest: Path, limits: Limits | None = None) -> Ext
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{Path(zip_path).name}: not a zip archive ({exc})") from exc
-    except OSError as exc:
-        raise DatasetError(f"{Path(zip_path).name}: cannot be read ({exc})") from exc
+    except OSError as exc:  # the downloaded file on the scratch disk, not the archive's content
+        raise ScratchError(f"{zip_path}: cannot be read from scratch ({exc})") from exc
     out = Extracted()
     seen: dict[str, str] = {}
     total = 0
@@ -125,6 +125,8 @@ def extract_zip(zip_path: Path, dest: Path, limits: Limits | None = None) -> Ext
             except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
                 # A file and a folder of the same name (`set` and `set\\x`): the archive's fault, named.
                 raise DatasetError(f"{raw}: cannot be extracted: a file and a folder share its path") from exc
+            except OSError as exc:  # a full or failing scratch disk: infrastructure, retried
+                raise ScratchError(f"{name}: extracting into {dest} (scratch): {exc}") from exc
             total += written
             out.files[name] = target
     return out

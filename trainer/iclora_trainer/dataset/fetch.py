@@ -1,9 +1,20 @@
 """Download of trainingDataUrl: http(s) streamed, s3 via minio, bounded, with an SSRF guard.
 
+Whose fault a failure is decides its exit code (docs/dataset.md, "Download failures"): what
+the URL itself says (404, 403, a host that does not exist, a refused address, a bad
+certificate, a missing object, refused credentials) is the user's, DatasetDownloadFailed
+(exit 11, not retried); what says "not now" (timeouts, resets, refused connections, 408,
+429, 5xx, a DNS resolver that failed temporarily, a body cut off) is retried here with
+backoff and then ends as DatasetSourceUnavailable (exit 20, retried by the Job); a scratch
+disk that cannot take the file is a ScratchError (exit 22, retried).
+
 Users name the URL, so the preflight pod must not become a way into the cluster's
 network: loopback, private, link-local (cloud metadata) and other non-public addresses
-are refused, on the resolved address and after every redirect, unless the admin
-allow-lists private networks (`ICLORA_ALLOW_PRIVATE_NETWORKS=1`; tests and the demo).
+are refused, on the resolved address and after every redirect. The administrator's own stores
+are trusted by name, and other networks by an explicit allowlist (`ICLORA_TRUSTED_NETWORKS`:
+host names, addresses, CIDRs; the operator sets it from its configuration): an on-prem MinIO at
+10.0.5.7 serves datasets while the rest of the private range stays refused.
+`ICLORA_ALLOW_PRIVATE_NETWORKS=1` turns the guard off (tests and the demo).
 """
 
 from __future__ import annotations
@@ -17,12 +28,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from iclora_api.contract import ALLOW_PRIVATE_NETWORKS_ENV, DATASET_CREDENTIALS_ENV_PREFIX, split_s3_uri
+from iclora_api.contract import (
+    ALLOW_PRIVATE_NETWORKS_ENV,
+    DATASET_CREDENTIALS_ENV_PREFIX,
+    TRUSTED_NETWORKS_ENV,
+    split_s3_uri,
+)
 from iclora_api.objectstore import TRANSFERS, StoreCredentials, make_client, parse_endpoint
-from iclora_trainer.errors import DatasetDownloadError
+from iclora_trainer.errors import DatasetDownloadError, DatasetSourceUnavailable, ScratchError, is_disk_error
 
 ALLOW_PRIVATE_ENV = ALLOW_PRIVATE_NETWORKS_ENV
 CHUNK = 1 << 20
+# HTTP statuses that say "not now": retried with backoff, then DatasetSourceUnavailable.
+TRANSIENT_HTTP = frozenset({408, 429})  # and every 5xx
+# S3 error codes that mean the URL or the user's credentials are wrong; any other is the store's.
+REFUSED_S3_CODES = {
+    "NoSuchKey": "object not found", "NoSuchBucket": "bucket not found", "AccessDenied": "access denied",
+    "SignatureDoesNotMatch": "credentials refused", "InvalidAccessKeyId": "credentials refused",
+    "AllAccessDisabled": "access denied", "InvalidBucketName": "invalid bucket name",
+    "InvalidObjectState": "object not readable (archived)", "NoSuchVersion": "object version not found",
+}
 
 
 @dataclass(frozen=True)
@@ -34,12 +59,31 @@ class FetchPolicy:
     backoff: float = 1.0
     max_redirects: int = 5
     allow_private: bool = False
+    trusted: tuple[str, ...] = ()  # host names, addresses and CIDRs the administrator trusts
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kw: object) -> FetchPolicy:
         env = os.environ if env is None else env
         allow = env.get(ALLOW_PRIVATE_ENV, "").lower() in ("1", "true", "yes")
-        return cls(allow_private=allow, **kw)  # type: ignore[arg-type]
+        trusted = tuple(t.strip() for t in env.get(TRUSTED_NETWORKS_ENV, "").split(",") if t.strip())
+        return cls(allow_private=allow, trusted=trusted, **kw)  # type: ignore[arg-type]
+
+    def trusts_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in {t.lower().rstrip(".") for t in self.trusted if not _is_network(t)}
+
+    def trusts_address(self, addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(t, strict=False) for t in self.trusted if _is_network(t))
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _refused(addr: str) -> str | None:
@@ -61,17 +105,29 @@ def check_host(url: str, policy: FetchPolicy) -> None:
     if not host:
         raise DatasetDownloadError(f"{url}: URL has no host")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise DatasetDownloadError(f"{url}: cannot resolve host {host!r} (DNS: {exc.strerror})") from exc
-    if policy.allow_private:
+    last = ""
+    for attempt in range(policy.attempts):
+        if attempt:
+            time.sleep(policy.backoff * 2 ** (attempt - 1))
+        try:
+            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+            break
+        except socket.gaierror as exc:
+            # EAI_AGAIN: the resolver did not answer now (the cluster's DNS), not "no such host".
+            if exc.errno != socket.EAI_AGAIN:
+                raise DatasetDownloadError(f"{url}: cannot resolve host {host!r} (DNS: {exc.strerror})") from exc
+            last = str(exc.strerror)
+    else:
+        raise DatasetSourceUnavailable(f"{url}: DNS lookup of {host!r} failed temporarily ({last}, "
+                                       f"after {policy.attempts} attempts)")
+    if policy.allow_private or policy.trusts_host(host):
         return
     for info in infos:
-        why = _refused(info[4][0])
+        addr = info[4][0]
+        why = None if policy.trusts_address(addr) else _refused(addr)
         if why:
-            raise DatasetDownloadError(f"{url}: refused, {host} resolves to a {why} address ({info[4][0]}); "
-                                       "the administrator can allow private networks")
+            raise DatasetDownloadError(f"{url}: refused, {host} resolves to a {why} address ({addr}); "
+                                       "the administrator can trust it (operator.trustedNetworks)")
 
 
 def _http(url: str, dest: Path, policy: FetchPolicy) -> Path:
@@ -103,13 +159,15 @@ def _http(url: str, dest: Path, policy: FetchPolicy) -> Path:
                             raise DatasetDownloadError(f"{url}: too large (more than {policy.max_bytes} bytes)")
                         out.write(chunk)
             except requests.RequestException as exc:
-                raise DatasetDownloadError(f"{url}: download interrupted ({exc})") from exc
+                raise DatasetSourceUnavailable(f"{url}: download interrupted ({exc})") from exc
+            except OSError as exc:
+                raise ScratchError(f"{url}: writing {dest} (scratch): {exc}") from exc
         return dest
     raise DatasetDownloadError(f"{url}: more than {policy.max_redirects} redirects")
 
 
 def _get_with_retries(url: str, policy: FetchPolicy):
-    """GET, retrying connection errors, timeouts and 5xx with exponential backoff (nothing else)."""
+    """GET, retrying connection errors, timeouts, 408, 429 and 5xx with exponential backoff (nothing else)."""
     import requests
 
     last = ""
@@ -127,12 +185,12 @@ def _get_with_retries(url: str, policy: FetchPolicy):
         except requests.exceptions.ConnectionError as exc:
             last = f"connection failed ({exc.__class__.__name__})"
             continue
-        if response.status_code >= 500:
+        if response.status_code >= 500 or response.status_code in TRANSIENT_HTTP:
             last = f"HTTP {response.status_code} {response.reason}"
             response.close()
             continue
         return response
-    raise DatasetDownloadError(f"{url}: {last} (after {policy.attempts} attempts)")
+    raise DatasetSourceUnavailable(f"{url}: {last} (after {policy.attempts} attempts)")
 
 
 def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Path:
@@ -146,7 +204,10 @@ def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Pa
     except ValueError as exc:
         raise DatasetDownloadError(f"{url}: {exc}") from exc
     check_host(ep.url, policy)
-    bucket, key = split_s3_uri(url)
+    try:
+        bucket, key = split_s3_uri(url)
+    except ValueError as exc:
+        raise DatasetDownloadError(f"{url}: {exc}") from exc
     http = replace(TRANSFERS, connect_timeout=policy.connect_timeout, read_timeout=policy.read_timeout)
     client = make_client(creds, http)
     try:
@@ -155,14 +216,20 @@ def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Pa
             raise DatasetDownloadError(f"{url}: too large ({size} bytes; limit {policy.max_bytes})")
         client.fget_object(bucket, key, str(dest))
     except S3Error as exc:
-        what = {"NoSuchKey": "object not found", "NoSuchBucket": "bucket not found",
-                "AccessDenied": "access denied", "SignatureDoesNotMatch": "credentials refused"}.get(exc.code, exc.code)
-        raise DatasetDownloadError(f"{url}: {what}") from exc
-    except DatasetDownloadError:
+        if exc.code in REFUSED_S3_CODES:
+            raise DatasetDownloadError(f"{url}: {REFUSED_S3_CODES[exc.code]}") from exc
+        raise DatasetSourceUnavailable(f"{url}: the object store at {endpoint} answered {exc.code}") from exc
+    except (DatasetDownloadError, DatasetSourceUnavailable):
         raise
-    except Exception as exc:  # urllib3 connection errors
-        raise DatasetDownloadError(f"{url}: object store unreachable at {endpoint} ({exc.__class__.__name__})") \
-            from exc
+    except ValueError as exc:  # minio's checks of the bucket name and key: the URL's
+        raise DatasetDownloadError(f"{url}: {exc}") from exc
+    except OSError as exc:
+        if is_disk_error(exc):  # writing the file: the scratch disk
+            raise ScratchError(f"{url}: writing {dest} (scratch): {exc}") from exc
+        raise DatasetSourceUnavailable(f"{url}: object store unreachable at {endpoint} ({exc})") from exc
+    except Exception as exc:  # urllib3 connection errors, after minio's own retries
+        raise DatasetSourceUnavailable(f"{url}: object store unreachable at {endpoint} "
+                                       f"({exc.__class__.__name__})") from exc
     return dest
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from iclora_trainer.dataset import diagnose
 from iclora_trainer.dataset.triplets import IMAGE_EXTENSIONS
+from iclora_trainer.distributed import threads_per_rank
 from iclora_trainer.errors import DatasetError
 
 
@@ -148,6 +149,8 @@ def iter_sampled(path: Path, times: Sequence[float], label: str, alpha: bool = F
     with _open(path, label) as container:
         stream = _video_stream(container, path, label)
         stream.thread_type = "AUTO"
+        # The rank's share of the pod's CPU limit; FFmpeg's own default counts the node's cores.
+        stream.codec_context.thread_count = threads_per_rank()
         tb = float(stream.time_base)
         origin = None
         current = None

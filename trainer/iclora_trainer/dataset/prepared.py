@@ -123,9 +123,15 @@ def read_clip(path: Path) -> np.ndarray:
     return np.stack(list(iter_clip(path)))
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A prepared mask as (F, H, W) bool, True = regenerate."""
+def iter_mask(path: Path) -> Iterator[np.ndarray]:
+    """Yield the frames (H, W) bool of a prepared mask, True = regenerate."""
     import av
 
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="gray") > 127 for f in container.decode(video=0)])
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="gray") > 127
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A prepared mask as (F, H, W) bool, True = regenerate."""
+    return np.stack(list(iter_mask(path)))

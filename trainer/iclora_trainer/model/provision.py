@@ -35,7 +35,6 @@ ranged GET where HEAD is refused (presigned GET URLs answer 403) or states no le
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -51,6 +50,7 @@ from urllib.parse import unquote, urlsplit
 from iclora_api.contract import MODEL_CREDENTIALS_ENV_PREFIX, ModelFetch, split_s3_uri
 from iclora_api.objectstore import TRANSFERS, StoreCredentials, make_client
 from iclora_trainer.errors import ModelConfigError, ObjectStoreError
+from iclora_trainer.podlock import locked
 
 log = logging.getLogger(__name__)
 
@@ -349,26 +349,9 @@ class _Restart(Exception):
 # --- the cache --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path, waiting: Report | None) -> Iterator[None]:
-    """An exclusive flock on `path`, polled so the wait can be reported (released when the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        told = 0.0
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                now = time.monotonic()
-                if waiting and now - told >= REPORT_SECONDS:
-                    told = now
-                    waiting("fetching model: waiting for another process on this node that downloads it")
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(path: Path, waiting: Report | None) -> contextlib.AbstractContextManager[None]:
+    """The pod's file lock (iclora_trainer.podlock) on a source: one process per node downloads it."""
+    return locked(path, waiting, "fetching model: waiting for another process on this node that downloads it")
 
 
 def _complete(entry: Path, source: Source) -> bool:
