@@ -62,6 +62,10 @@ class Reason(StrEnum):
     """Stalled: the trainer reported success but the artifacts are not in the store."""
     JOB_DELETED = "JobDeleted"
     """Stalled: a child Job was deleted by someone other than the operator."""
+    TOO_MANY_DISRUPTIONS = "TooManyDisruptions"
+    """Stalled: the Job's pods were disrupted (evicted by the kubelet for disk or memory pressure or for
+    exceeding their scratch size, lost with their node) more often than the profile's maxDisruptions
+    without saving their work; the message names the last disruption. The Job is deleted."""
     NAME_CONFLICT = "NameConflict"
     """Stalled: a child name is taken by an object this resource does not own."""
     CHILD_REJECTED = "ChildRejected"

@@ -284,6 +284,21 @@ class TrainingProfileSpec(_ProfileModel):
     backoff_limit: Annotated[int, Field(ge=0, le=20)] = Field(
         default=3, description="Retries of the training Job for infrastructure failures."
     )
+    max_disruptions: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=10, description=(
+            "How often the pods of a preflight or training Job may be disrupted without saving their work "
+            "before the training fails (TooManyDisruptions) and its Job is deleted: failed pods with the "
+            "DisruptionTarget condition (evicted by the kubelet for disk or memory pressure or for exceeding "
+            "scratchSize, lost with their node, preempted before they could checkpoint). Kubernetes retries "
+            "these without counting them against backoffLimit; a pod stopped by SIGTERM after writing its "
+            "checkpoint (exit code 23: preemption, drain, suspend) does not count."),
+    )
+    ttl_seconds_after_finished: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = Field(
+        default=3600, description=(
+            "ttlSecondsAfterFinished of the preflight and training Jobs: Kubernetes deletes a finished Job "
+            "and its pods this long after it ended. The training's status keeps the outcome (the operator "
+            "records it within seconds and never needs the Job again); long enough to read the pods' logs."),
+    )
     checkpoint_interval: Annotated[int, Field(ge=1)] = Field(
         default=250, description="Steps between checkpoints written to the object store."
     )

@@ -28,7 +28,7 @@ from iclora_api.contract import (
 from iclora_api.objectstore import parse_endpoint
 from iclora_api.profile import TrainingProfileSpec, profile_spec_from_object
 from iclora_api.validation import SpecInvalid, validate_spec
-from iclora_operator.adapters.kube import job_state
+from iclora_operator.adapters.kube import disrupted_pods, job_state, not_starting, stranded_pods
 from iclora_operator.adapters.objectstore import Credentials
 from iclora_operator.reconcile.decide import TERMINAL_PHASES
 from iclora_operator.reconcile.observed import JobState, Observed
@@ -101,12 +101,16 @@ def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> J
         # state) says whether the API server refuses them (Pod Security, admission, quota).
         if _age_seconds(state.created) > POD_CREATION_GRACE_SECONDS:
             state = replace(state, not_starting=memo.kube.pod_creation_refused(namespace, state))
-    elif state.waits_for_pods:
-        # One pod list, only while a pod of the active Job is not ready: why does it not start?
-        state = replace(state, not_starting=memo.kube.pod_not_starting(namespace, name))
-    if state.may_have_stranded_pods:
-        # A rank's pod failed in a multi-node Job: which of its peers still wait for it (gang restart)?
-        state = replace(state, stranded=memo.kube.stranded_pods(namespace, name))
+    elif state.running:
+        # One pod list per reconcile of a running Job: the failed pods its podFailurePolicy ignored
+        # stay (until the Job goes), so disruptions are counted whenever it is looked at.
+        pods = memo.kube.job_pods(namespace, name)
+        state = replace(state, disruptions=disrupted_pods(pods),
+                        # A pod of the active Job is not ready: why does it not start?
+                        not_starting=not_starting(pods) if state.waits_for_pods else None)
+        if state.may_have_stranded_pods:
+            # A rank's pod failed in a multi-node Job: which of its peers still wait for it (gang restart)?
+            state = replace(state, stranded=stranded_pods(pods))
     return state
 
 
@@ -190,14 +194,17 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
         running = preflight_job is not None and not (preflight_job.complete or preflight_job.failed)
         report = memo.cached(uid, PREFLIGHT_KEY, lambda: store.read_json(loc.uri(PREFLIGHT_KEY)),
                              PreflightResult, memo.settings.report_poll_seconds if running else 0.0)
+    # A started run whose Job is gone (its ttlSecondsAfterFinished passed while the operator was away):
+    # how it ended is in result.json.
+    job_gone = training_job is None and bool(status.get("startTime"))
     if training_job is not None:
         raw = store.read_json(loc.uri(PROGRESS_KEY))
         progress = Progress.model_validate(raw) if raw else None
-        if training_job.complete or training_job.failed:
-            result = memo.cached(uid, RESULT_KEY, lambda: store.read_json(loc.uri(RESULT_KEY)), Result)
-            if result is not None and result.status == "Succeeded" and result.artifacts is not None:
-                uris = result.artifacts.model_dump(exclude_none=True).values()
-                verified = all(store.exists(u) for u in uris)
+    if job_gone or (training_job is not None and (training_job.complete or training_job.failed)):
+        result = memo.cached(uid, RESULT_KEY, lambda: store.read_json(loc.uri(RESULT_KEY)), Result)
+        if result is not None and result.status == "Succeeded" and result.artifacts is not None:
+            uris = result.artifacts.model_dump(exclude_none=True).values()
+            verified = all(store.exists(u) for u in uris)
     slot = True
     if training_job is None and not kueue:
         slot = _slot_available(memo, ns, name, meta.get("creationTimestamp") or "", jobs, trainings)

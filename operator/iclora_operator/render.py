@@ -50,6 +50,12 @@ CONTAINER = "trainer"
 RUN_AS_USER = 1000
 RENDEZVOUS_PORT = 29500
 SCRATCH = "/scratch"
+GPU_RESOURCE = "nvidia.com/gpu"
+# What a container that requests no GPU sees of the node's GPUs: none. CUDA base images set
+# NVIDIA_VISIBLE_DEVICES=all, which the nvidia runtime (a node's default runtime) honours even
+# for a pod that requests no GPU; `void` hides every device (the runtime's documented value).
+NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+NO_GPU_DEVICES = "void"
 # Prefixes of labels and annotations that belong to tools, never copied to children.
 _FOREIGN_PREFIXES = ("kopf.zalando.org", "kubectl.kubernetes.io", "iclora.dev/", "app.kubernetes.io/")
 
@@ -311,6 +317,18 @@ def _volumes(ctx: RunContext, shm: bool, model_cache: bool = False) -> tuple[lis
     return volumes, mounts
 
 
+def kubelet_escape(value: str) -> str:
+    """A string the kubelet passes on unchanged: it expands `$(NAME)` and turns `$$` into `$` in env
+    values, command and args, so every `$` is written `$$` (Kubernetes' documented escape)."""
+    return value.replace("$", "$$")
+
+
+def _escaped_env(env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Env vars as the pod spec takes them: every literal `value` escaped (user input may hold
+    `$(HOME)` or `$$`: a prompt, a URL), `valueFrom` references unchanged (the kubelet does not expand them)."""
+    return [{**var, "value": kubelet_escape(var["value"])} if "value" in var else var for var in env]
+
+
 def _container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
@@ -331,6 +349,8 @@ def _pod_spec(
     gpu: bool,
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(ctx, shm, model_cache=gpu)
+    if not resources["limits"].get(GPU_RESOURCE):
+        env = [*env, {"name": NVIDIA_VISIBLE_DEVICES, "value": NO_GPU_DEVICES}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -347,9 +367,10 @@ def _pod_spec(
                 "name": CONTAINER,
                 "image": ctx.profile.image,
                 "imagePullPolicy": ctx.profile.image_pull_policy,
-                "command": command,
-                "args": args,
-                "env": env,
+                # The one place the operator's strings reach the kubelet's `$(NAME)` expansion.
+                "command": [kubelet_escape(a) for a in command],
+                "args": [kubelet_escape(a) for a in args],
+                "env": _escaped_env(env),
                 "resources": resources,
                 "volumeMounts": mounts,
                 "workingDir": SCRATCH,
@@ -404,11 +425,14 @@ def _pod_failure_policy() -> dict[str, Any]:
     }
 
 
-def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+def _resources(cpu: str, memory: str, scratch: str, gpus: int = 0) -> dict[str, Any]:
+    """CPU and memory (requests = limits), GPUs, and the scratch emptyDir's size as an ephemeral-storage
+    request: the scheduler places the pod on a node with that much disk free. No ephemeral-storage
+    limit: the emptyDir's sizeLimit bounds the scratch already."""
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
-        limits["nvidia.com/gpu"] = str(gpus)
-    return {"requests": dict(limits), "limits": limits}
+        limits[GPU_RESOURCE] = str(gpus)
+    return {"requests": {**limits, "ephemeral-storage": scratch}, "limits": limits}
 
 
 def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
@@ -422,7 +446,7 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
         "--output", ctx.store.uri(),
     ]
     pod = _pod_spec(ctx, command=list(ctx.trainer_command), args=args, env=env,
-                    resources=_resources(res.cpu, res.memory), shm=False, gpu=False)
+                    resources=_resources(res.cpu, res.memory, ctx.profile.scratch_size), shm=False, gpu=False)
     metadata = _metadata(ctx, ctx.names.preflight, "preflight")
     return {
         "apiVersion": "batch/v1",
@@ -431,6 +455,8 @@ def render_preflight_job(ctx: RunContext) -> dict[str, Any]:
         "spec": {
             "backoffLimit": 2,
             "activeDeadlineSeconds": ctx.profile.preflight_deadline_seconds,
+            # Its outcome is in the preflight report and the training's status once it ends.
+            "ttlSecondsAfterFinished": ctx.profile.ttl_seconds_after_finished,
             "podFailurePolicy": _pod_failure_policy(),
             "template": {"metadata": _template_metadata(ctx, "preflight"), "spec": pod},
         },
@@ -479,7 +505,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
     ]
     command = list(ctx.trainer_command)
     pod = _pod_spec(ctx, command=command, args=args, env=env,
-                    resources=_resources(res.cpu, res.memory, p.gpus_per_node), shm=True, gpu=True)
+                    resources=_resources(res.cpu, res.memory, p.scratch_size, p.gpus_per_node), shm=True,
+                    gpu=True)
     # SIGTERM -> the trainer finishes its step and checkpoints it within this (ExitCode.PREEMPTED).
     pod["terminationGracePeriodSeconds"] = p.termination_grace_period_seconds
     if nodes > 1:
@@ -497,6 +524,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
             "completionMode": "Indexed",
             "backoffLimit": p.backoff_limit,
             "activeDeadlineSeconds": p.training_deadline_seconds,
+            # Its outcome is in result.json and the training's status once it ends.
+            "ttlSecondsAfterFinished": p.ttl_seconds_after_finished,
             "podFailurePolicy": _pod_failure_policy(),
             "template": {"metadata": _template_metadata(ctx, "training"), "spec": pod},
         },

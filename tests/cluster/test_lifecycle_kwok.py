@@ -13,8 +13,9 @@ import time
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from iclora_api.contract import PreflightResult
 from iclora_dev.pytest_plugin import wait_for
-from tests.helpers import SPEC, play_trainer
+from tests.helpers import SPEC, play_trainer, put_json
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -215,14 +216,112 @@ def test_job_deleted_by_someone_is_reported_not_recreated(trainings, operator_fa
     profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"})
     operator_factory([trainings.namespace])
     obj = trainings.create("d", {**SPEC, "profileRef": {"name": profile}})
-    # The preflight passes as soon as its report says so, even while its pod is still held.
-    play_trainer(s3_store, trainings.namespace, "d", obj["metadata"]["uid"])
+    # The preflight passes as soon as its report says so, even while its pod is still held. No
+    # result.json: the trainer has not finished (with one, the run's outcome would be that).
+    put_json(s3_store, f"runs/{trainings.namespace}/d/{obj['metadata']['uid']}/preflight.json",
+             PreflightResult(ok=True, usable=2).model_dump(by_alias=True))
     wait_for(lambda: trainings.phase("d") == "Training", timeout=60, what="Training")
     trainings.batch.delete_namespaced_job("d-train", trainings.namespace, propagation_policy="Background")
     wait_for(lambda: trainings.phase("d") == "Failed", timeout=60, what="Failed")
     assert trainings.get("d")["status"]["failure"]["reason"] == "JobDeleted"
     time.sleep(2.5)  # a few reconcile intervals: the Job must not come back
     assert "d-train" not in [j.metadata.name for j in trainings.jobs(obj["metadata"]["uid"])]
+
+
+def _delete_jobs(trainings, uid: str) -> None:
+    """What the TTL controller does once a finished Job's ttlSecondsAfterFinished has passed."""
+    for j in trainings.jobs(uid):
+        trainings.batch.delete_namespaced_job(j.metadata.name, trainings.namespace, propagation_policy="Background")
+    wait_for(lambda: trainings.jobs(uid) == [], timeout=30, what="Jobs gone")
+
+
+def test_finished_jobs_deleted_after_their_ttl_keep_the_status(trainings, operator_factory, profile_factory,
+                                                               s3_store):
+    """Issue 23.8: finished Jobs carry the profile's ttlSecondsAfterFinished; once Kubernetes deletes
+    them, a finished training keeps its status and nothing is recreated, and a run whose Jobs expired
+    while the operator was away is decided from its reports (result.json), not re-run."""
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-delay": "3s"}, ttlSecondsAfterFinished=120)
+    op = operator_factory([trainings.namespace])
+    obj = trainings.create("ttl", {**SPEC, "profileRef": {"name": profile}})
+    uid = obj["metadata"]["uid"]
+    play_trainer(s3_store, trainings.namespace, "ttl", uid)
+    wait_for(lambda: trainings.phase("ttl") == "Succeeded", timeout=90, what="Succeeded")
+    assert {j.metadata.name: j.spec.ttl_seconds_after_finished for j in trainings.jobs(uid)} == {
+        "ttl-preflight": 120, "ttl-train": 120}
+    before = trainings.get("ttl")["status"]
+    _delete_jobs(trainings, uid)
+    time.sleep(2.5)  # a few reconcile intervals: nothing changes, nothing comes back
+    assert trainings.get("ttl")["status"] == before
+    assert trainings.jobs(uid) == []
+
+    # The operator is down while the run ends and both its Jobs expire.
+    obj = trainings.create("away", {**SPEC, "profileRef": {"name": profile}})
+    uid = obj["metadata"]["uid"]
+    play_trainer(s3_store, trainings.namespace, "away", uid)
+    wait_for(lambda: trainings.phase("away") == "Training", timeout=60, what="Training")
+    op.stop()
+
+    def train_complete() -> bool:
+        job = trainings.batch.read_namespaced_job("away-train", trainings.namespace)
+        return any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or [])
+
+    wait_for(train_complete, timeout=60, what="away-train Complete")
+    _delete_jobs(trainings, uid)
+    op.start()
+    wait_for(lambda: trainings.phase("away") == "Succeeded", timeout=60, what="Succeeded from result.json")
+    status = trainings.get("away")["status"]
+    assert status["billingUnits"] == 150 and status["artifacts"]["loraFile"].endswith("lora.safetensors")
+    time.sleep(2.5)
+    assert trainings.jobs(uid) == []  # neither the preflight nor the training ran again
+    assert len(trainings.events("away", "Billed")) == 1
+
+
+def _disrupt(trainings, job: str, reason: str, exit_code: int, message: str) -> str:
+    """Fail the Job's running pod as the kubelet does when it evicts it (phase Failed, condition
+    DisruptionTarget, the container terminated); the pod object stays, as after a kubelet eviction."""
+    def running():
+        pods = trainings.core.list_namespaced_pod(trainings.namespace, label_selector=f"job-name={job}").items
+        return next((p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp), None)
+
+    pod = wait_for(running, timeout=60, what=f"a running pod of {job}")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    trainings.core.patch_namespaced_pod_status(pod.metadata.name, trainings.namespace, {"status": {
+        "phase": "Failed", "reason": "Evicted", "message": message,
+        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message,
+                        "lastTransitionTime": now},
+                       {"type": "Ready", "status": "False", "lastTransitionTime": now}],
+        "containerStatuses": [{"name": "trainer", "state": {"running": None, "terminated": {
+            "exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}}}],
+    }})
+    return pod.metadata.name
+
+
+def test_too_many_disruptions_fail_the_training_instead_of_retrying_for_days(trainings, operator_factory,
+                                                                            profile_factory, s3_store):
+    """Issue 23.2: the Job retries evicted pods without counting them (DisruptionTarget); the operator
+    counts those that lost their work and fails the training past the profile's maxDisruptions. A
+    pod that exited 23 (it checkpointed on SIGTERM) does not count."""
+    profile = profile_factory(podAnnotations={"iclora.dev/fake-hold": "true"}, maxDisruptions=1)
+    operator_factory([trainings.namespace])
+    obj = trainings.create("ev", {**SPEC, "profileRef": {"name": profile}})
+    put_json(s3_store, f"runs/{trainings.namespace}/ev/{obj['metadata']['uid']}/preflight.json",
+             PreflightResult(ok=True, usable=2).model_dump(by_alias=True))
+    wait_for(lambda: trainings.phase("ev") == "Training", timeout=60, what="Training")
+    full = 'Usage of EmptyDir volume "scratch" exceeds the limit "200Gi".'
+    _disrupt(trainings, "ev-train", "TerminationByKubelet", 137, full)
+    _disrupt(trainings, "ev-train", "PreemptionByScheduler", 23, "preempted by a higher-priority pod")
+    # The Job replaced both without counting them; one disruption lost work: within maxDisruptions.
+    time.sleep(3)  # a few reconcile intervals
+    assert trainings.phase("ev") == "Training"
+    last = _disrupt(trainings, "ev-train", "TerminationByKubelet", 137, full)
+    wait_for(lambda: trainings.phase("ev") == "Failed", timeout=60, what="Failed")
+    failure = trainings.get("ev")["status"]["failure"]
+    assert failure["reason"] == "TooManyDisruptions"
+    assert "disrupted 2 times" in failure["message"] and last in failure["message"]
+    assert 'Usage of EmptyDir volume "scratch" exceeds the limit' in failure["message"]
+    wait_for(lambda: "ev-train" not in [j.metadata.name for j in trainings.jobs(obj["metadata"]["uid"])],
+             timeout=30, what="the training Job deleted")
+    assert trainings.events("ev", "TooManyDisruptions")
 
 
 def test_deleting_the_training_collects_its_children(trainings, operator_factory, profile_factory, k8s_api):

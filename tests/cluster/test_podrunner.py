@@ -254,3 +254,50 @@ def test_hostpath_and_claim_volumes_are_folders_of_this_machine(k8s_api, k8s_nam
         assert (cache / "copy").read_text() == "weights"
     finally:
         core.delete_persistent_volume(pv_name)
+
+
+# What a tenant may write in a prompt: the kubelet's `$(NAME)` references and its `$$` escape.
+DOLLARS = "glow $(HOME) costs $$5, $(ICLORA_SPEC) and $(NOT_DEFINED) $"
+
+
+@pytest.mark.parametrize("stage", ["preflight", "training"])
+def test_user_text_reaches_the_process_unchanged(k8s_api, k8s_namespace, stage):
+    """Issue 23.6: the operator's rendered Job (escaped env values, args and command) runs on the local
+    runner, which expands them as the kubelet does; the spec, the store URI and the command arrive as
+    written. Issue 23.7 on the way: containers without a GPU get NVIDIA_VISIBLE_DEVICES=void."""
+    from iclora_api.profile import TrainingProfileSpec
+    from iclora_api.validation import validate_spec
+    from iclora_operator.render import RunContext, StoreLocation, render_preflight_job, render_training_job
+
+    core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
+    name = f"dollar-{stage}"
+    core.create_namespaced_secret(k8s_namespace, {"metadata": {"name": f"{name}-store"}, "stringData": {
+        "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}})
+    script = (
+        "import json, os, sys\n"
+        "spec = json.loads(os.environ['ICLORA_SPEC'])\n"
+        "out = {'trigger': spec['triggerPhrase'], 'negative': spec['validationNegativePrompt'],\n"
+        "       'output': sys.argv[-1], 'gpus': os.environ.get('NVIDIA_VISIBLE_DEVICES')}\n"
+        "open(os.environ['ICLORA_TERMINATION_LOG'], 'w').write(json.dumps(out))\n"
+    )
+    spec = validate_spec({"trainingDataUrl": "https://e.com/d.zip", "numberOfFrames": 100,
+                          "triggerPhrase": DOLLARS, "validationNegativePrompt": DOLLARS})
+    small = {"cpu": "100m", "memory": "128Mi"}
+    profile = TrainingProfileSpec(
+        gpusPerNode=0, device="cpu", scratchSize="1Gi", shmSize="64Mi", preflightResources=small,
+        trainerResources=small, nodeSelector={nodes.LOCAL_RUNNER_LABEL: "true"},
+        tolerations=[nodes.LOCAL_RUNNER_TOLERATION], preflightNodeSelector={nodes.LOCAL_RUNNER_LABEL: "true"},
+        preflightTolerations=[nodes.LOCAL_RUNNER_TOLERATION])
+    ctx = RunContext(name=name, namespace=k8s_namespace, uid="uid-dollar", spec=spec, profile=profile,
+                     store=StoreLocation("http://127.0.0.1:1", "bucket", f"runs/{DOLLARS}"),
+                     store_secret=f"{name}-store", labels={}, trainer_command=(sys.executable, "-c", script))
+    job = render_preflight_job(ctx) if stage == "preflight" else render_training_job(ctx, suspend=False)
+    job["metadata"].pop("ownerReferences")  # no training object owns it here (the GC would delete it)
+    job["metadata"]["name"] = name
+    batch.create_namespaced_job(k8s_namespace, job)
+    pods = wait_for(lambda: [p for p in core.list_namespaced_pod(k8s_namespace, label_selector=f"job-name={name}").items
+                             if p.status.phase in ("Succeeded", "Failed")], timeout=90, what=f"{name} pod finished")
+    terminated = pods[0].status.container_statuses[0].state.terminated
+    assert pods[0].status.phase == "Succeeded", terminated.message
+    assert json.loads(terminated.message) == {"trigger": DOLLARS, "negative": DOLLARS,
+                                              "output": f"s3://bucket/runs/{DOLLARS}", "gpus": "void"}

@@ -29,7 +29,7 @@ from tests.helpers import render_ctx as ctx
 
 REPO = Path(__file__).resolve().parents[2]
 # Variables of the container runtime, not of the trainer contract.
-GENERIC = {"TMPDIR", "HOME", "PYTHONUNBUFFERED"}
+GENERIC = {"TMPDIR", "HOME", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES"}
 CONTRACT_NAMES = {v for k, v in vars(contract).items() if k.endswith("_ENV") and isinstance(v, str)}
 DATASET_NAMES = {DATASET_CREDENTIALS_ENV_PREFIX + name for name in STORE_ENV_NAMES}
 MODEL_STORE_NAMES = {MODEL_CREDENTIALS_ENV_PREFIX + name for name in STORE_ENV_NAMES}

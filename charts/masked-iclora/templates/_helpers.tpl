@@ -35,6 +35,7 @@ app.kubernetes.io/component: operator
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Application: exit codes and termination messages of failed pods; why a pod does not start;
+# the evicted pods a running Job retried (the profile's maxDisruptions);
 # delete: a gang restart deletes the peers of a multi-node training's failed rank.
 - apiGroups: [""]
   resources: ["pods"]

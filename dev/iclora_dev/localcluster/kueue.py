@@ -142,6 +142,9 @@ def create_queues(api_client: Any, gpu_quota: int) -> None:
             {"name": "cpu", "nominalQuota": "1000"},
             {"name": "memory", "nominalQuota": "10Ti"},
             {"name": nodes.GPU_RESOURCE, "nominalQuota": str(gpus)},
+            # The pods request their scratch disk: Kueue admits no Workload asking for a resource
+            # its ClusterQueue does not cover.
+            {"name": nodes.EPHEMERAL_STORAGE, "nominalQuota": "1Pi"},
         ]
 
     objs.create_cluster_custom_object(
@@ -156,7 +159,7 @@ def create_queues(api_client: Any, gpu_quota: int) -> None:
                 "namespaceSelector": {},
                 "resourceGroups": [
                     {
-                        "coveredResources": ["cpu", "memory", nodes.GPU_RESOURCE],
+                        "coveredResources": ["cpu", "memory", nodes.GPU_RESOURCE, nodes.EPHEMERAL_STORAGE],
                         # CPU-only Jobs take the first flavor; GPU Jobs (0 GPUs there) get the GPU one.
                         "flavors": [
                             {"name": DEFAULT_FLAVOR, "resources": quotas(0)},

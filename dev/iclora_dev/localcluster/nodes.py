@@ -16,6 +16,11 @@ GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 LOCAL_RUNNER_TAINT = {"key": LOCAL_RUNNER_LABEL, "value": "true", "effect": "NoSchedule"}
 LOCAL_RUNNER_TOLERATION = {"key": LOCAL_RUNNER_LABEL, "operator": "Exists", "effect": "NoSchedule"}
+# Disk for the pods' ephemeral-storage requests (the scratch emptyDir's size, 200Gi by default):
+# the scheduler places no pod that requests it on a node without it. The local runner does not
+# enforce it (its pods write to the host's disk), kwok pods write nothing.
+EPHEMERAL_STORAGE = "ephemeral-storage"
+NODE_EPHEMERAL_STORAGE = "64Ti"
 
 
 def kwok_node(name: str, pool: str, gpus: int = 0, cpu: str = "32", memory: str = "256Gi") -> dict[str, Any]:
@@ -26,7 +31,7 @@ def kwok_node(name: str, pool: str, gpus: int = 0, cpu: str = "32", memory: str 
         "type": "kwok",
         POOL_LABEL: pool,
     }
-    resources = {"cpu": cpu, "memory": memory, "pods": "110"}
+    resources = {"cpu": cpu, "memory": memory, "pods": "110", EPHEMERAL_STORAGE: NODE_EPHEMERAL_STORAGE}
     taints: list[dict[str, str]] = []
     if gpus:
         labels[GPU_PRODUCT_LABEL] = GPU_PRODUCT
@@ -57,7 +62,7 @@ def local_runner_node(
         LOCAL_RUNNER_LABEL: "true",
         POOL_LABEL: "local",
     }
-    resources = {"cpu": cpu, "memory": memory, "pods": "110"}
+    resources = {"cpu": cpu, "memory": memory, "pods": "110", EPHEMERAL_STORAGE: NODE_EPHEMERAL_STORAGE}
     if gpus:
         labels[GPU_PRODUCT_LABEL] = GPU_PRODUCT
         resources[GPU_RESOURCE] = str(gpus)

@@ -83,11 +83,15 @@ def _env_name(volume: str) -> str:
     return "ICLORA_MOUNT_" + re.sub(r"[^A-Za-z0-9]", "_", volume).upper()
 
 
-_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
+# The kubelet's reference: `$(` up to the first `)`, whatever is between (k8s.io/kubernetes
+# third_party/forked/golang/expansion): `$(A$(B))` names "A$(B", not B.
+_VAR_REF = re.compile(r"\$\(([^)]*)\)|\$\$")
 
 
 def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: known variables are replaced, ``$$`` escapes a ``$``."""
+    """Kubernetes ``$(VAR)`` expansion, as the kubelet does it for env values, command and args: a
+    variable defined before is replaced, an unknown ``$(X)`` stays as written, ``$$`` gives ``$``
+    (so ``$$(X)`` gives ``$(X)``), any other ``$`` (an unclosed ``$(``, a trailing ``$``) stays."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":

@@ -12,9 +12,17 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from iclora_api.contract import PREEMPTED_EXIT_CODES
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from iclora_operator.reconcile.observed import POD_CREATION_REFUSED, ChildRejection, JobState, PodNotStarting
+from iclora_operator.reconcile.observed import (
+    POD_CREATION_REFUSED,
+    ChildRejection,
+    JobState,
+    PodDisruption,
+    PodNotStarting,
+)
 from iclora_operator.render import (
+    CONTAINER,
     DNS_SUBDOMAIN_MAX,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
@@ -162,9 +170,7 @@ class Kube:
 
     def stranded_pods(self, namespace: str, job_name: str) -> tuple[str, ...]:
         """Live pods of a Job created before its latest pod failure (see `stranded_pods`)."""
-        pods = _json(self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
-                                                   _preload_content=False))
-        return stranded_pods(pods.get("items") or [])
+        return stranded_pods(self.job_pods(namespace, job_name))
 
     def delete_pods(self, namespace: str, names: tuple[str, ...]) -> None:
         """Delete pods with their grace period (SIGTERM first); one already gone is fine."""
@@ -175,17 +181,15 @@ class Kube:
                 if exc.status != 404:
                     raise
 
-    def pod_not_starting(self, namespace: str, job_name: str) -> PodNotStarting | None:
-        """The oldest pod of a Job that cannot start: unschedulable, or a container waiting for a
-        reason other than being created (ImagePullBackOff, CreateContainerConfigError, ...)."""
+    def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The pods of a Job (as dicts): one list serves `not_starting`, `stranded_pods` and `disrupted_pods`."""
         pods = _json(self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
                                                    _preload_content=False))
-        found: PodNotStarting | None = None
-        for pod in pods.get("items") or []:
-            problem = pod_problem(pod)
-            if problem is not None and (found is None or problem.since < found.since):
-                found = problem
-        return found
+        return list(pods.get("items") or [])
+
+    def pod_not_starting(self, namespace: str, job_name: str) -> PodNotStarting | None:
+        """The oldest pod of a Job that cannot start (see `not_starting`)."""
+        return not_starting(self.job_pods(namespace, job_name))
 
     def pod_creation_refused(self, namespace: str, job: JobState) -> PodNotStarting | None:
         """Why the API server refuses to create the pods of a Job that has none: the Job controller's
@@ -289,6 +293,46 @@ def pod_problem(pod: dict[str, Any]) -> PodNotStarting | None:
         if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
             return PodNotStarting(name, "Unschedulable", cond.get("message") or "no node fits the pod", since)
     return None
+
+
+def not_starting(pods: list[dict[str, Any]]) -> PodNotStarting | None:
+    """The oldest pod that cannot start: unschedulable, or a container waiting for a reason other
+    than being created (ImagePullBackOff, CreateContainerConfigError, ...)."""
+    found: PodNotStarting | None = None
+    for pod in pods:
+        problem = pod_problem(pod)
+        if problem is not None and (found is None or problem.since < found.since):
+            found = problem
+    return found
+
+
+def disrupted_pods(pods: list[dict[str, Any]]) -> tuple[PodDisruption, ...]:
+    """Failed pods with the DisruptionTarget condition whose trainer did not exit PREEMPTED, oldest first.
+
+    The Job's podFailurePolicy retries such pods without counting them (a node's DiskPressure
+    eviction, a scratch volume past its sizeLimit, a lost node): the operator counts them against
+    the profile's maxDisruptions. A pod that exited PREEMPTED wrote its checkpoint before it stopped
+    (scheduler preemption, drain): it lost nothing and is not counted.
+    """
+    found = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if status.get("phase") != "Failed":
+            continue
+        cond = next((c for c in status.get("conditions") or []
+                     if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+        if cond is None:
+            continue
+        ended = [(cs.get("state") or {}).get("terminated") or {} for cs in status.get("containerStatuses") or []
+                 if cs.get("name") == CONTAINER]
+        if any(t.get("exitCode") in PREEMPTED_EXIT_CODES for t in ended):
+            continue
+        message = status.get("message") or cond.get("message") or ""
+        at = max([str(t.get("finishedAt")) for t in ended if t.get("finishedAt")]
+                 or [str(meta.get("creationTimestamp") or "")])
+        found.append(PodDisruption(str(meta.get("name") or ""), str(cond.get("reason") or "DisruptionTarget"),
+                                   str(message), at))
+    return tuple(sorted(found, key=lambda d: (d.at, d.pod)))
 
 
 def job_summary(job: Any) -> dict[str, Any]:

@@ -237,10 +237,31 @@ def _not_starting(obs: Observed, draft: _Draft, job: JobState, now: datetime, de
         draft.events.append(Event("Warning", reason.value, what))
 
 
+def _too_disrupted(obs: Observed, draft: _Draft, job: JobState, delete: Action) -> str | None:
+    """More disruptions without a checkpoint than the profile's maxDisruptions: the training fails
+    (TooManyDisruptions, naming the last one) and the Job goes, instead of being evicted and retried
+    until its deadline (the Job's podFailurePolicy ignores disruptions). The failure's message, else None."""
+    if obs.profile is None or len(job.disruptions) <= obs.profile.max_disruptions:
+        return None
+    last = job.disruptions[-1]
+    detail = f"{last.reason}: {last.message}" if last.message else last.reason
+    message = (f"the pods of Job {job.name} were disrupted {len(job.disruptions)} times without saving their "
+               f"work, more than the profile's maxDisruptions ({obs.profile.max_disruptions}); the last, pod "
+               f"{last.pod}: {detail}")
+    draft.actions.append(delete)
+    _fail(draft, Reason.TOO_MANY_DISRUPTIONS, message)
+    return message
+
+
 def _preflight_passed(obs: Observed) -> bool:
     if obs.preflight_report is not None:
         return obs.preflight_report.ok
-    return obs.preflight_job is not None and obs.preflight_job.complete
+    if obs.preflight_job is None:
+        # A passed preflight is a fact that never changes: once its Job is gone (deleted after its
+        # ttlSecondsAfterFinished) the status that recorded it says so; it is never run again.
+        return any(c.get("type") == ConditionType.PREFLIGHT_SUCCEEDED.value and c.get("status") == "True"
+                   for c in obs.status.get("conditions") or [])
+    return obs.preflight_job.complete
 
 
 def _decide_preflight(obs: Observed, draft: _Draft, now: datetime) -> bool:
@@ -279,6 +300,9 @@ def _decide_preflight(obs: Observed, draft: _Draft, now: datetime) -> bool:
                            message)
         _fail(draft, reason, message)
         return False
+    if (message := _too_disrupted(obs, draft, job, Action.DELETE_PREFLIGHT)) is not None:
+        draft.preflight = (False, Reason.TOO_MANY_DISRUPTIONS, message)
+        return False
     draft.set(Phase.PREFLIGHT, Reason.PREFLIGHT, checking)
     _not_starting(obs, draft, job, now, Action.DELETE_PREFLIGHT)
     return False
@@ -293,6 +317,29 @@ def _running(draft: _Draft) -> None:
     draft.admitted = (True, Reason.ADMITTED, "training Job admitted")
 
 
+def _job_gone(obs: Observed, draft: _Draft, now: datetime) -> None:
+    """The training Job of a run that started is gone: deleted by someone, or by Kubernetes after its
+    ttlSecondsAfterFinished (an operator that was down longer than that never saw it end). The
+    trainer's result.json says how it ended when it got that far; the Job is never recreated."""
+    result = obs.result
+    if result is not None and result.status == "Succeeded" and result.artifacts is not None:
+        if obs.artifacts_verified:
+            draft.set(Phase.SUCCEEDED, Reason.SUCCEEDED, "LoRA trained")
+            draft.artifacts = result.artifacts
+            draft.completion_time = _iso(now)
+            draft.admitted = (True, Reason.ADMITTED, "training Job ran")
+            return
+        if obs.artifacts_verified is False:
+            _fail(draft, Reason.ARTIFACTS_MISSING, "result.json names artifacts that are not in the store")
+            return
+    if result is not None and result.status != "Succeeded":
+        known = result.reason in Reason.__members__.values()
+        _fail(draft, Reason(result.reason) if known else Reason.TRAINING_FAILED,
+              result.message or "the training failed")
+        return
+    _fail(draft, Reason.JOB_DELETED, "the training Job was deleted by someone else; not recreating it")
+
+
 def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
     job = obs.training_job
     spec = obs.spec
@@ -303,7 +350,7 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
             draft.admitted = (False, Reason.CHILD_REJECTED, refused)
             return
         if prev.get("startTime"):
-            _fail(draft, Reason.JOB_DELETED, "the training Job was deleted by someone else; not recreating it")
+            _job_gone(obs, draft, now)
             return
         if spec.suspend:
             draft.set(Phase.SUSPENDED, Reason.SUSPENDED, "suspended before training")
@@ -344,6 +391,8 @@ def _decide_training(obs: Observed, draft: _Draft, now: datetime) -> None:
         reason, message = classify_failure(job, "training", result.reason if result else None,
                                            result.message if result else None)
         _fail(draft, reason, message)
+        return
+    if _too_disrupted(obs, draft, job, Action.DELETE_TRAINING) is not None:
         return
     if spec.suspend:
         if not job.suspended:

@@ -41,6 +41,14 @@ class JobState:
         """Unfinished, several pods at once, one of them failed and others still active."""
         return (self.owned and self.parallelism > 1 and self.failed_pods > 0 and self.active > 0
                 and not (self.complete or self.failed or self.suspended))
+    # Failed pods the Job's podFailurePolicy ignored as disruptions without a checkpoint (oldest first;
+    # read only while the Job runs): what the profile's maxDisruptions bounds.
+    disruptions: tuple[PodDisruption, ...] = ()
+
+    @property
+    def running(self) -> bool:
+        """Owned, unfinished and unsuspended, with pods (or pods that ended): its pods are worth a look."""
+        return self.owned and not (self.complete or self.failed or self.suspended or self.lacks_pods)
     # Pods that ended (Job status.succeeded / status.failed), the Job's uid and creationTimestamp.
     succeeded: int = 0
     failed_pods: int = 0
@@ -74,6 +82,20 @@ class PodNotStarting:
     since: str
     # A pod the API server refuses to create (the Job's `FailedCreate` Event): `pod` is the Job's
     # name, `reason` is POD_CREATION_REFUSED and `since` the Job's creationTimestamp.
+
+
+@dataclass(frozen=True)
+class PodDisruption:
+    """A failed pod of a Job with the DisruptionTarget condition that did not exit PREEMPTED (it was
+    stopped without writing a checkpoint): the Job retries it without counting it."""
+
+    pod: str
+    # The condition's reason (TerminationByKubelet, PreemptionByScheduler, DeletionByTaintManager,
+    # EvictionByEvictionAPI, DeletionByPodGC) and the kubelet's or controller's message.
+    reason: str
+    message: str
+    # When it ended (RFC 3339; its creationTimestamp when no container ended).
+    at: str
 
 
 # The Job controller's Event reason when the API server refuses a pod of the Job.

@@ -659,7 +659,7 @@ def test_a_jobs_events_are_read_only_while_it_has_had_no_pod_for_some_seconds():
 
     calls = []
     kube = SimpleNamespace(pod_creation_refused=lambda ns, st: calls.append(("events", st.name)) or "refused",
-                           pod_not_starting=lambda ns, name: calls.append(("pods", name)))
+                           job_pods=lambda ns, name: calls.append(("pods", name)) or [])
     memo = SimpleNamespace(kube=kube)
 
     def index(age_s, **status):
@@ -672,8 +672,126 @@ def test_a_jobs_events_are_read_only_while_it_has_had_no_pod_for_some_seconds():
     assert _job(memo, index(POD_CREATION_GRACE_SECONDS + 5), "ns", "t-preflight", "u").not_starting == "refused"
     assert calls == [("events", "t-preflight")]
     calls.clear()
-    _job(memo, index(60, active=1, ready=1), "ns", "t-preflight", "u")  # its pod runs: no API call
-    _job(memo, index(60, succeeded=1), "ns", "t-preflight", "u")
+    complete = [{"type": "Complete", "status": "True"}]
+    _job(memo, index(60, succeeded=1, conditions=complete), "ns", "t-preflight", "u")  # finished: no API call
     assert calls == []
-    _job(memo, index(60, active=1), "ns", "t-preflight", "u")  # a pod not ready: its pods, not Events
+    # Its pod runs: one pod list (the disruptions it retried without counting), no Events.
+    _job(memo, index(60, active=1, ready=1), "ns", "t-preflight", "u")
     assert calls == [("pods", "t-preflight")]
+    calls.clear()
+    _job(memo, index(60, active=1), "ns", "t-preflight", "u")  # a pod not ready: the same one list
+    assert calls == [("pods", "t-preflight")]
+
+
+def test_finished_jobs_deleted_after_their_ttl_change_nothing():
+    """Issue 23.8: Kubernetes deletes finished Jobs after ttlSecondsAfterFinished. A finished training
+    keeps its status; a passed preflight whose Job is gone is never run again, even when its report
+    cannot be read; a started run whose Job is gone takes its outcome from result.json."""
+    ran = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                  training_job=job(complete=True), result=OK_RESULT, artifacts_verified=True)
+    done = written(decide(ran, NOW))
+    assert done["phase"] == "Succeeded"
+    # The Jobs go (the TTL controller): the finished training stays exactly as it was.
+    gone = replace(ran, preflight_job=None, training_job=None, result=None, artifacts_verified=None,
+                   preflight_report=None, status=done)
+    plan = decide(gone, NOW + timedelta(hours=2))
+    assert plan.actions == () and plan.events == ()
+    assert written(plan) == done
+    failed = written(decide(replace(ran, training_job=job(failed=True, exit_code=3)), NOW))
+    assert failed["phase"] == "Failed"
+    assert written(decide(replace(gone, status=failed), NOW)) == failed
+
+    # A passed preflight's Job is gone while the training runs (or waits): not recreated.
+    preflight_done = written(decide(replace(BASE, preflight_job=job("t-preflight", complete=True),
+                                            preflight_report=PASSED, slot_available=False), NOW))
+    assert preflight_done["phase"] == "Queued" and "startTime" not in preflight_done
+    assert conds(preflight_done)["PreflightSucceeded"] == ("True", "Passed")
+    for report in (PASSED, None):  # the report read, or not readable (deleted from the store)
+        plan = decide(replace(BASE, preflight_report=report, status=preflight_done), NOW)
+        assert Action.CREATE_PREFLIGHT not in plan.actions
+        assert plan.actions == (Action.CREATE_TRAINING,)
+    # Without that record nothing says it passed: the preflight runs (the first reconcile).
+    assert decide(BASE, NOW).actions == (Action.CREATE_PREFLIGHT,)
+
+    # The operator was away while the run ended and its Job expired: result.json tells the outcome.
+    started = replace(BASE, preflight_report=PASSED, training_job=None, status={"startTime": "x"})
+    s = written(decide(replace(started, result=OK_RESULT, artifacts_verified=True), NOW))
+    assert s["phase"] == "Succeeded" and s["artifacts"]["loraFile"] == ARTS.lora_file
+    assert s["billingUnits"] > 0
+    s = written(decide(replace(started, result=OK_RESULT, artifacts_verified=False), NOW))
+    assert s["failure"]["reason"] == "ArtifactsMissing"
+    bad = Result(status="Failed", reason="NoUsableClips", message="all clips too short")
+    s = written(decide(replace(started, result=bad), NOW))
+    assert s["failure"] == {"reason": "NoUsableClips", "message": "all clips too short"}
+    odd = Result(status="Failed", reason="SomethingNew")
+    assert written(decide(replace(started, result=odd), NOW))["failure"]["reason"] == "TrainingFailed"
+    # No result: deleted by someone mid-run (JobDeleted, as before).
+    assert written(decide(started, NOW))["failure"]["reason"] == "JobDeleted"
+
+
+def _failed_pod(name, finished, *, disruption=None, exit_code=137, message="", created="2026-11-24T11:00:00Z"):
+    status = {"phase": "Failed", "conditions": [], "containerStatuses": []}
+    if disruption:
+        status["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption,
+                                     "message": "disrupted"})
+    if message:
+        status["reason"], status["message"] = "Evicted", message
+    if exit_code is not None:
+        status["containerStatuses"].append({"name": "trainer", "state": {"terminated": {
+            "exitCode": exit_code, "finishedAt": finished}}})
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def test_disrupted_pods_are_the_ignored_failures_that_saved_nothing():
+    """Issue 23.2: failed pods with DisruptionTarget count, unless the trainer exited PREEMPTED (23):
+    it wrote its checkpoint on SIGTERM (scheduler preemption, drain), so retrying it lost nothing."""
+    from iclora_operator.adapters.kube import disrupted_pods
+
+    scratch = 'Usage of EmptyDir volume "scratch" exceeds the limit "200Gi".'
+    pods = [
+        _failed_pod("t-train-0-c", "2026-11-24T11:30:00Z", disruption="TerminationByKubelet", message=scratch),
+        _failed_pod("t-train-0-a", "2026-11-24T11:10:00Z", disruption="TerminationByKubelet",
+                    message="The node was low on resource: ephemeral-storage."),
+        _failed_pod("t-train-0-b", "2026-11-24T11:20:00Z", disruption="PreemptionByScheduler", exit_code=23),
+        _failed_pod("t-train-0-d", "2026-11-24T11:40:00Z"),  # a plain failure: backoffLimit counts it
+        _failed_pod("t-train-0-e", "", disruption="DeletionByPodGC", exit_code=None,
+                    created="2026-11-24T11:45:00Z"),  # its node is gone: no exit code at all
+        {"metadata": {"name": "t-train-0-f"}, "status": {"phase": "Running"}},
+    ]
+    found = disrupted_pods(pods)
+    assert [(d.pod, d.reason) for d in found] == [
+        ("t-train-0-a", "TerminationByKubelet"), ("t-train-0-c", "TerminationByKubelet"),
+        ("t-train-0-e", "DeletionByPodGC")]
+    assert found[1].message == scratch and found[2].message == "disrupted"
+
+
+def test_too_many_disruptions_fail_the_training_and_delete_its_job():
+    """Issue 23.2: a pod evicted again and again (a full node disk, its scratch past sizeLimit) is retried
+    by the Job without counting; past the profile's maxDisruptions the training fails with the reason."""
+    from iclora_operator.reconcile.observed import PodDisruption
+
+    def evicted(n):
+        return tuple(PodDisruption(f"t-train-0-{i}", "TerminationByKubelet",
+                                   'Usage of EmptyDir volume "scratch" exceeds the limit "200Gi".',
+                                   f"2026-11-24T11:{i:02d}:00Z") for i in range(n))
+
+    ran = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                  status={"startTime": "2026-11-24T11:00:00Z"}, profile=TrainingProfileSpec(maxDisruptions=2))
+    for n in (0, 1, 2):  # within the limit: the Job retries, the training keeps going
+        plan = decide(replace(ran, training_job=job(active=1, ready=1, disruptions=evicted(n))), NOW)
+        assert plan.actions == () and written(plan)["phase"] == "Training"
+    plan = decide(replace(ran, training_job=job(active=1, disruptions=evicted(3))), NOW)
+    s = written(plan)
+    assert plan.actions == (Action.DELETE_TRAINING,)
+    assert s["phase"] == "Failed" and s["failure"]["reason"] == "TooManyDisruptions"
+    assert "disrupted 3 times" in s["failure"]["message"] and "maxDisruptions (2)" in s["failure"]["message"]
+    assert "t-train-0-2: TerminationByKubelet: Usage of EmptyDir volume" in s["failure"]["message"]
+    assert s["billingUnits"] == 0
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "TooManyDisruptions")]
+    # The default profile allows 10; the preflight is bounded the same way.
+    assert TrainingProfileSpec().max_disruptions == 10
+    pre = replace(BASE, profile=TrainingProfileSpec(maxDisruptions=0),
+                  preflight_job=job("t-preflight", active=1, disruptions=evicted(1)))
+    plan = decide(pre, NOW)
+    assert plan.actions == (Action.DELETE_PREFLIGHT,)
+    assert conds(written(plan))["PreflightSucceeded"] == ("False", "TooManyDisruptions")

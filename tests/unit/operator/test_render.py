@@ -110,7 +110,8 @@ def test_single_node_training():
     job = render_training_job(ctx(gpus=1), suspend=False)
     res = container_of(job)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1"
-    assert res["requests"] == res["limits"]
+    # Guaranteed QoS (requests = limits) plus the scratch volume's disk, which the scheduler counts.
+    assert res["requests"] == {**res["limits"], "ephemeral-storage": "200Gi"}
     assert job["spec"]["completions"] == 1
     assert container_of(job)["command"] == ["iclora"]
     assert "subdomain" not in pod_of(job)
@@ -365,3 +366,104 @@ def test_collective_timeout_comes_from_the_profile():
     assert settings.collective_timeout_seconds == 240
     with pytest.raises(ValueError):
         profile_spec_from_object({"spec": {"collectiveTimeoutSeconds": 5}})
+
+
+@pytest.mark.parametrize("make", ALL_JOBS)
+def test_pods_request_their_scratch_disk(make):
+    """Issue 23.2: the scheduler places a pod where its scratch emptyDir (sizeLimit) fits."""
+    job = make()
+    scratch = next(v for v in pod_of(job)["volumes"] if v["name"] == "scratch")
+    res = container_of(job)["resources"]
+    assert res["requests"]["ephemeral-storage"] == scratch["emptyDir"]["sizeLimit"] == "200Gi"
+    assert "ephemeral-storage" not in res["limits"]  # the emptyDir's sizeLimit bounds it
+    small = render_training_job(ctx(scratch_size="20Gi"), suspend=False)
+    assert container_of(small)["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+    assert container_of(render_preflight_job(ctx(scratch_size="20Gi")))["resources"]["requests"][
+        "ephemeral-storage"] == "20Gi"
+
+
+@pytest.mark.parametrize(
+    ("make", "gpus"),
+    [
+        pytest.param(lambda: render_preflight_job(ctx()), 0, id="preflight"),
+        pytest.param(lambda: render_preflight_job(ctx(gpus=0)), 0, id="preflight-cpu-profile"),
+        pytest.param(lambda: render_training_job(ctx(gpus=0, device="cpu"), suspend=False), 0, id="train-cpu"),
+        pytest.param(lambda: render_training_job(ctx(), suspend=False), 1, id="train-1x1"),
+        pytest.param(lambda: render_training_job(ctx(nodes=4, gpus=8), suspend=False), 8, id="train-4x8"),
+    ],
+)
+def test_containers_without_a_gpu_see_none(make, gpus):
+    """Issue 23.7: CUDA images set NVIDIA_VISIBLE_DEVICES=all, which the nvidia runtime honours for any
+    container; every container that requests no nvidia.com/gpu says `void` instead."""
+    job = make()
+    for container in pod_of(job)["containers"]:
+        requested = int(container["resources"]["limits"].get("nvidia.com/gpu", "0"))
+        env = {e["name"]: e for e in container["env"]}
+        assert requested == gpus
+        if requested:
+            assert "NVIDIA_VISIBLE_DEVICES" not in env  # the device plugin chooses the devices
+        else:
+            assert env["NVIDIA_VISIBLE_DEVICES"] == {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+
+
+@pytest.mark.parametrize("make", ALL_JOBS)
+def test_finished_jobs_are_deleted_after_the_profiles_ttl(make):
+    """Issue 23.8: Kubernetes deletes a finished Job (and its failed pods) after ttlSecondsAfterFinished."""
+    assert make()["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert render_preflight_job(ctx(ttl_seconds_after_finished=600))["spec"]["ttlSecondsAfterFinished"] == 600
+    job = render_training_job(ctx(ttl_seconds_after_finished=86400), suspend=False)
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+
+
+def test_kubelet_escape_round_trips_through_kubelet_expansion():
+    """Issue 23.6: the kubelet expands `$(NAME)` and turns `$$` into `$`; every `$` written `$$` comes back."""
+    from iclora_dev.localcluster.podrunner import expand
+    from iclora_operator.render import kubelet_escape
+
+    defined = {"HOME": "/scratch", "ICLORA_SPEC": "{}", "A": "x"}
+    for text in ["plain", "$(HOME)", "$$", "$$$", "a $(ICLORA_SPEC) b", "$$(A)", "$(A", "$", "cost: $5",
+                 "$(UNKNOWN) $(A)$(A)", "end$", "$(A$(A))", "$()", "$(a b)"]:
+        escaped = kubelet_escape(text)
+        assert expand(escaped, defined) == text, text
+    assert kubelet_escape("$(HOME)") == "$$(HOME)"
+    # The local runner expands as the kubelet does: a reference runs to the first `)`.
+    assert expand("$(A$(A)) $($$) $(HOME)$$(HOME)", defined) == "$(A$(A)) $($$) /scratch$(HOME)"
+    # What the kubelet does without the escape (the bug): references expand, `$$` loses a `$`.
+    assert expand("$(HOME) $$ $(A $(UNKNOWN)", defined) == "/scratch $ $(A $(UNKNOWN)"
+
+
+def _user_strings_ctx(text):
+    from iclora_api.validation import validate_spec
+    from iclora_operator.render import StoreLocation
+    from tests.helpers import RENDER_SPEC
+
+    spec = validate_spec({**RENDER_SPEC.model_dump(mode="json", by_alias=True, exclude_none=True),
+                          "triggerPhrase": text, "validationNegativePrompt": text})
+    return RunContext(name="t", namespace="team-a", uid="uid-1", spec=spec,
+                      profile=ctx().profile, store=StoreLocation("http://s3.local:8333", "iclora", f"runs/{text}"),
+                      store_secret="t-store", labels={})
+
+
+@pytest.mark.parametrize("render", [render_preflight_job, lambda c: render_training_job(c, suspend=False)],
+                         ids=["preflight", "training"])
+def test_every_literal_env_value_and_arg_is_escaped(render):
+    """The whole kind: every literal env value, arg and command word the operator renders reaches the
+    process unchanged through the kubelet's expansion (spec, store URIs, settings, names)."""
+    from iclora_dev.localcluster.podrunner import expand
+
+    text = "a $(HOME) b $$ c $(ICLORA_SPEC) d $"
+    c = _user_strings_ctx(text)
+    job = render(c)
+    container = container_of(job)
+    seen: dict[str, str] = {}
+    for var in container["env"]:
+        if "value" in var:
+            # The kubelet expands each value with the variables defined before it.
+            seen[var["name"]] = expand(var["value"], dict(seen))
+    spec = json.loads(seen["ICLORA_SPEC"])
+    assert spec["triggerPhrase"] == spec["validationNegativePrompt"] == text
+    assert json.loads(container["env"][0]["value"].replace("$$", "$"))["triggerPhrase"] == text
+    args = [expand(a, seen) for a in container["args"]]
+    assert any(a.endswith(f"runs/{text}") for a in args), args
+    assert [expand(a, seen) for a in container["command"]] == ["iclora"]
+    assert not any("valueFrom" in v and "value" in v for v in container["env"])
