@@ -302,6 +302,12 @@ class TrainingProfileSpec(_ProfileModel):
     checkpoint_interval: Annotated[int, Field(ge=1)] = Field(
         default=250, description="Steps between checkpoints written to the object store."
     )
+    run_as_user: Annotated[int, Field(ge=1)] | None = Field(
+        default=1000, description=(
+            "uid, gid and fsGroup of the preflight and training pods (the hostPath model cache must be "
+            "writable by it). null leaves them to the platform: OpenShift's restricted SCC assigns a uid "
+            "from the namespace's range, and the trainer image runs under any uid in group 0."),
+    )
     termination_grace_period_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
         default=300, description=(
             "terminationGracePeriodSeconds of training pods: on SIGTERM (suspend, preemption, drain) the "

@@ -172,6 +172,7 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
         name=name, namespace=ns, uid=uid, spec=spec, profile=profile, store=loc, store_secret=secret,
         labels=labels, trainer_command=tuple(memo.settings.trainer_command),
         allow_private_dataset_hosts=memo.settings.allow_private_dataset_hosts, kueue_enabled=kueue,
+        trusted_dataset_networks=memo.settings.trusted_networks(),
     )
     if status.get("phase") in TERMINAL_PHASES:
         return obs, ctx

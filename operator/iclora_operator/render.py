@@ -33,6 +33,7 @@ from iclora_api.contract import (
     TERMINATION_LOG_ENV,
     TEXT_ENCODER_PATH_ENV,
     TRAINER_SETTINGS_ENV,
+    TRUSTED_NETWORKS_ENV,
     USER_ERROR_EXIT_CODES,
     WORK_DIR_ENV,
 )
@@ -47,7 +48,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "masked-iclora-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
-RUN_AS_USER = 1000
 RENDEZVOUS_PORT = 29500
 SCRATCH = "/scratch"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -165,6 +165,9 @@ class RunContext:
     trainer_command: tuple[str, ...] = ("iclora",)
     allow_private_dataset_hosts: bool = False
     kueue_enabled: bool = False
+    # Hosts/networks user-named URLs may reach although private: the platform store's host and the
+    # administrator's list (OperatorSettings.trusted_networks); never anything a tenant sets.
+    trusted_dataset_networks: tuple[str, ...] = ()
 
     @property
     def names(self) -> ChildNames:
@@ -295,6 +298,7 @@ def _common_env(ctx: RunContext, work_dir: str) -> list[dict[str, Any]]:
         *_secret_env(ctx.store_secret),
         # Both Jobs fetch URLs the user named (dataset, validation media): same SSRF policy.
         *([{"name": ALLOW_PRIVATE_NETWORKS_ENV, "value": "1"}] if ctx.allow_private_dataset_hosts else []),
+        {"name": TRUSTED_NETWORKS_ENV, "value": ",".join(ctx.trusted_dataset_networks)},
     ]
 
 
@@ -357,9 +361,9 @@ def _pod_spec(
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
+            # The profile's uid (default 1000), or none: OpenShift's SCC assigns one.
+            **({"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+               if (uid := ctx.profile.run_as_user) is not None else {}),
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [

@@ -75,12 +75,28 @@ class OperatorSettings(BaseSettings):
         default=False,
         description="Let the preflight fetch datasets from loopback/private addresses (demo and tests).",
     )
+    trusted_dataset_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host names, addresses and CIDRs that user-named dataset and validation URLs may reach "
+            "although private (an in-cluster MinIO/Ceph); the store's own endpoint is always trusted."
+        ),
+    )
     trainer_command: list[str] = Field(
         default_factory=lambda: ["iclora"], description="Entry point of the trainer image."
     )
     store: StoreSettings = Field(default_factory=StoreSettings)
     metrics_port: int = 8080
     health_port: int = 8081
+
+    def trusted_networks(self) -> tuple[str, ...]:
+        """What user-named URLs may reach although private: the platform store's host as the pods
+        see it (its endpoint is the administrator's, unlike a tenant's `spec.output` endpoint, which
+        stays behind the guard) and `trusted_dataset_networks`."""
+        from urllib.parse import urlsplit
+
+        store_host = urlsplit(self.store.endpoint).hostname or ""
+        return tuple(dict.fromkeys(h for h in (store_host, *self.trusted_dataset_networks) if h))
 
     def quiet_tick_due(self, phase: str | None) -> float | None:
         """Seconds after which a tick reconciles a training whose Jobs and spec did not change.

@@ -11,6 +11,7 @@ from iclora_operator.render import (
     KUEUE_QUEUE_LABEL,
     LABEL_UID,
     RunContext,
+    StoreLocation,
     render_headless_service,
     render_preflight_job,
     render_store_secret,
@@ -225,6 +226,25 @@ def test_private_network_allowance_reaches_both_jobs_only_when_set():
         assert env_of(job)["ICLORA_ALLOW_PRIVATE_NETWORKS"]["value"] == "1"
     for job in (render_preflight_job(ctx()), render_training_job(ctx(), suspend=False)):
         assert "ICLORA_ALLOW_PRIVATE_NETWORKS" not in env_of(job)
+
+
+def test_trusted_networks_are_the_platform_stores_host_and_the_admins_list_never_a_tenants_endpoint():
+    """An in-cluster store (issue 24.4): the preflight and training pods trust the platform store's
+    host and the administrator's list; a tenant's own output endpoint is not trusted."""
+    from dataclasses import replace
+
+    from iclora_operator.settings import OperatorSettings, StoreSettings
+
+    settings = OperatorSettings(store=StoreSettings(endpoint="http://minio.storage.svc:9000"),
+                                trusted_dataset_networks=["10.0.5.0/24", "ceph-rgw.storage.svc"])
+    assert settings.trusted_networks() == ("minio.storage.svc", "10.0.5.0/24", "ceph-rgw.storage.svc")
+    tenant_output = StoreLocation("http://10.9.9.9:9000", "tenant-bucket", "runs/x")
+    run = replace(ctx(), store=tenant_output, trusted_dataset_networks=settings.trusted_networks())
+    for job in (render_preflight_job(run), render_training_job(run, suspend=False)):
+        value = env_of(job)["ICLORA_TRUSTED_NETWORKS"]["value"]
+        assert value == "minio.storage.svc,10.0.5.0/24,ceph-rgw.storage.svc" and "10.9.9.9" not in value
+    assert OperatorSettings(store=StoreSettings(endpoint="https://s3.amazonaws.com")).trusted_networks() == (
+        "s3.amazonaws.com",)
 
 
 # --- Model provisioning: the profile's volumes, its model cache and model store (issue 21) -----------
@@ -467,3 +487,23 @@ def test_every_literal_env_value_and_arg_is_escaped(render):
     assert any(a.endswith(f"runs/{text}") for a in args), args
     assert [expand(a, seen) for a in container["command"]] == ["iclora"]
     assert not any("valueFrom" in v and "value" in v for v in container["env"])
+
+
+def test_pods_run_as_the_profiles_uid_or_the_platforms():
+    """OpenShift (issue 24.5): its restricted SCC assigns a uid from the namespace's range and refuses a
+    fixed one; `runAsUser: null` leaves the uid to the platform (the image runs under any uid)."""
+    for job in (render_preflight_job(ctx()), render_training_job(ctx(), suspend=False)):
+        security = pod_of(job)["securityContext"]
+        assert (security["runAsUser"], security["runAsGroup"], security["fsGroup"]) == (1000, 1000, 1000)
+    openshift = ctx(run_as_user=None)
+    for job in (render_preflight_job(openshift), render_training_job(openshift, suspend=False)):
+        security = pod_of(job)["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(security)
+    from pydantic import ValidationError
+
+    from iclora_api.profile import profile_spec_from_object
+
+    assert profile_spec_from_object({"spec": {"runAsUser": 1000680000}}).run_as_user == 1000680000
+    with pytest.raises(ValidationError, match=r"runAsUser|run_as_user"):
+        profile_spec_from_object({"spec": {"runAsUser": 0}})
