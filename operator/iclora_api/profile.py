@@ -6,9 +6,10 @@ operator's default profile applies when it names none.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from iclora_api.trainer_settings import SpeedLevers
@@ -33,6 +34,31 @@ class ComputeResources(_ProfileModel):
 
     cpu: Quantity = "4"
     memory: Quantity = "16Gi"
+
+
+EXTENDED_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+# Variables the operator sets in training containers itself (the trainer contract, rendezvous,
+# store credentials, the container's own): a profile's trainerEnv may not shadow them.
+OPERATOR_ENV_PREFIXES = ("ICLORA_", "AWS_")
+OPERATOR_ENV_NAMES = frozenset({
+    "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+    "JOB_COMPLETION_INDEX", "TMPDIR", "HOME", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES",
+})
+
+
+class EnvVar(_ProfileModel):
+    """A literal environment variable (no valueFrom: the profile is cluster-scoped, Secrets are not)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)
+    value: str = Field(default="", max_length=4096)
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_operators(cls, name: str) -> str:
+        if name.startswith(OPERATOR_ENV_PREFIXES) or name in OPERATOR_ENV_NAMES:
+            reserved = ", ".join(sorted(OPERATOR_ENV_NAMES))
+            raise ValueError(f"{name} is set by the operator (ICLORA_*, AWS_*, {reserved})")
+        return name
 
 
 class Toleration(_ProfileModel):
@@ -321,6 +347,33 @@ class TrainingProfileSpec(_ProfileModel):
             "from its last checkpoint. Longer than the slowest rank-0-only step (validation reels)."),
     )
     zero_stage: Annotated[int, Field(ge=0, le=2)] = 2
+    rank_network_policy: Literal["Ingress", "IngressAndEgress", "None"] = Field(
+        default="Ingress", description=(
+            "A NetworkPolicy per multi-node training that lets its own pods reach each other (rendezvous "
+            "and NCCL ports) and nothing else new. Ingress: enough where namespaces deny ingress by "
+            "default. IngressAndEgress: also an egress rule to the peers, for namespaces that deny egress "
+            "by default (there, a policy with Egress limits the pods' egress to what some policy allows, "
+            "so DNS and the object store must be allowed by the namespace's own policies). None: no policy."),
+    )
+    trainer_env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description=(
+            "Extra environment of the training containers, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, "
+            "FI_PROVIDER for a fast interconnect. Names the operator sets itself are refused."),
+    )
+    trainer_extra_resources: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description=(
+            "Extended resources of each training pod, as limits (and requests), e.g. "
+            "{vpc.amazonaws.com/efa: 4} or {rdma/ib: 1} for EFA or RDMA devices (domain/name)."),
+    )
+
+    @field_validator("trainer_extra_resources")
+    @classmethod
+    def _extended_resource_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not EXTENDED_RESOURCE.match(name) or name.startswith(("kubernetes.io/", "requests.")):
+                raise ValueError(f"{name!r} is not an extended resource name (domain/name, e.g. rdma/ib); "
+                                 "cpu, memory and GPUs have fields of their own")
+        return value
     acceleration: Acceleration = Field(default_factory=Acceleration, description="Speed levers of the step.")
     model: ModelSource | None = Field(default=None, description=(
         "Where the base model comes from (URIs) and the volume that caches it; replaces modelPath and "

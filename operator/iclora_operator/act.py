@@ -36,6 +36,7 @@ from iclora_operator.render import (
     render_headless_service,
     render_model_store_secret,
     render_preflight_job,
+    render_rank_network_policy,
     render_store_secret,
     render_training_job,
 )
@@ -59,6 +60,8 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
                 kube.create(render_model_store_secret(ctx, _model_store_credentials(memo, ctx)))
             if ctx.profile.nodes > 1:
                 kube.create(render_headless_service(ctx))
+                if (policy := render_rank_network_policy(ctx)) is not None:
+                    kube.create(policy)
             kube.create(render_training_job(ctx, suspend=plan.create_suspended))
         elif action in (Action.SUSPEND_TRAINING, Action.RESUME_TRAINING):
             try:

@@ -429,11 +429,12 @@ def _pod_failure_policy() -> dict[str, Any]:
     }
 
 
-def _resources(cpu: str, memory: str, scratch: str, gpus: int = 0) -> dict[str, Any]:
-    """CPU and memory (requests = limits), GPUs, and the scratch emptyDir's size as an ephemeral-storage
-    request: the scheduler places the pod on a node with that much disk free. No ephemeral-storage
-    limit: the emptyDir's sizeLimit bounds the scratch already."""
-    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+def _resources(cpu: str, memory: str, scratch: str, gpus: int = 0,
+               extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """CPU and memory (requests = limits), GPUs, extended resources (EFA, RDMA), and the scratch
+    emptyDir's size as an ephemeral-storage request: the scheduler places the pod on a node with
+    that much disk free. No ephemeral-storage limit: the emptyDir's sizeLimit bounds the scratch."""
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory, **(extra or {})}
     if gpus:
         limits[GPU_RESOURCE] = str(gpus)
     return {"requests": {**limits, "ephemeral-storage": scratch}, "limits": limits}
@@ -499,6 +500,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
         # Pod 0 of an Indexed Job is reachable as <job>-0.<service> through the headless Service.
         {"name": MASTER_ADDR_ENV, "value": f"{names.training}-0.{names.service}" if nodes > 1 else "127.0.0.1"},
         *_model_env(ctx),
+        # The profile's interconnect settings (NCCL_SOCKET_IFNAME, FI_PROVIDER, ...).
+        *({"name": e.name, "value": e.value} for e in p.trainer_env),
     ]
     args = [
         "train",
@@ -509,8 +512,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
     ]
     command = list(ctx.trainer_command)
     pod = _pod_spec(ctx, command=command, args=args, env=env,
-                    resources=_resources(res.cpu, res.memory, p.scratch_size, p.gpus_per_node), shm=True,
-                    gpu=True)
+                    resources=_resources(res.cpu, res.memory, p.scratch_size, p.gpus_per_node,
+                                         p.trainer_extra_resources), shm=True, gpu=True)
     # SIGTERM -> the trainer finishes its step and checkpoints it within this (ExitCode.PREEMPTED).
     pod["terminationGracePeriodSeconds"] = p.termination_grace_period_seconds
     if nodes > 1:
@@ -533,6 +536,31 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
             "podFailurePolicy": _pod_failure_policy(),
             "template": {"metadata": _template_metadata(ctx, "training"), "spec": pod},
         },
+    }
+
+
+def render_rank_network_policy(ctx: RunContext) -> dict[str, Any] | None:
+    """A multi-node training's pods may reach each other (rendezvous, NCCL's ports: any port) and
+    nothing else new; None when the profile says so. NetworkPolicies add up, so in a namespace that
+    denies by default this opens exactly the peers, and elsewhere it closes nothing (ingress: only
+    pods no other policy selects become isolated, and these already allow their peers)."""
+    mode = ctx.profile.rank_network_policy
+    if mode == "None":
+        return None
+    ranks = {"matchLabels": {LABEL_UID: ctx.uid, LABEL_COMPONENT: "training"}}
+    spec: dict[str, Any] = {
+        "podSelector": ranks,
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": ranks}]}],
+    }
+    if mode == "IngressAndEgress":
+        spec["policyTypes"].append("Egress")
+        spec["egress"] = [{"to": [{"podSelector": ranks}]}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(ctx, ctx.names.service, "training"),
+        "spec": spec,
     }
 
 

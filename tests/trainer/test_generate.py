@@ -9,7 +9,7 @@ import pytest
 from iclora_api.contract import ExitCode
 from iclora_trainer.storage import LocalStore
 from iclora_trainer.validation import ValidationEntry, ValidationPlan
-from tests.helpers import FPS, FRAMES, HEIGHT, SINGLE, WIDTH, make_plan, make_settings
+from tests.helpers import FRAMES, HEIGHT, SINGLE, WIDTH, make_plan, make_settings
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
@@ -30,9 +30,13 @@ def trained(tmp_path_factory, tiny_checkpoint, media):
     prepared = write_synthetic_prepared(tmp / "prepared", clips=2, width=WIDTH, height=HEIGHT, frames=FRAMES)
     entry = ValidationEntry("a prompt", str(media["video"]), str(media["mask"]), str(media["reference"]))
     plan = make_plan(steps=3)
-    plan = type(plan)(**{**plan.__dict__, "validation": ValidationPlan((entry,), "blurry", FRAMES, FPS, WIDTH,
-                                                                        HEIGHT, 1.0)})
-    settings = make_settings(tiny_checkpoint, tmp / "work", validation_steps=2, checkpoint_interval=100, seed=7)
+    # The preview differs from the training clips (96x64 and 17 frames at 12 fps vs 64x64x9 at 24),
+    # samples with its own negative prompt, STG scale, steps and seed: generate must take them all
+    # from the LoRA's record.
+    plan = type(plan)(**{**plan.__dict__, "validation": ValidationPlan((entry,), "blurry, static", 17, 12.0,
+                                                                        96, HEIGHT, 0.5)})
+    settings = make_settings(tiny_checkpoint, tmp / "work", validation_steps=2, validation_cfg_scale=2.0,
+                             checkpoint_interval=100, seed=7)
     panels: list = []
     real = reel.write_reel
     with pytest.MonkeyPatch.context() as mp:
@@ -44,9 +48,9 @@ def trained(tmp_path_factory, tiny_checkpoint, media):
 
 
 def _argv(trained, tiny_checkpoint, media, out, *extra):
+    """Only the inputs: size, frames, fps, guidance, seed and levers default to the LoRA's record."""
     return ["generate", "--lora", str(trained["lora"]), "--source", str(media["video"]), "--mask", str(media["mask"]),
-            "--reference", str(media["reference"]), "--prompt", "a prompt", "--negative-prompt", "blurry",
-            "--steps", "2", "--seed", "7", "--stg-scale", "1.0",
+            "--reference", str(media["reference"]), "--prompt", "a prompt",
             "--model-path", str(tiny_checkpoint.model_path), "--text-encoder-path",
             str(tiny_checkpoint.text_encoder_path), "--device", "cpu", "--output", str(out), *extra]
 
@@ -56,31 +60,31 @@ def test_generate_reproduces_the_final_validation_result_and_keeps_the_source(tr
     from iclora_api.cli import main
 
     out, reel = tmp_path / "result.mp4", tmp_path / "reel.mp4"
-    # Size, frames and fps default to what the LoRA records (64x64, 9 frames, the training fps).
+    # Size, frames and fps default to the preview's the LoRA records (96x64, 17 frames at 12 fps).
     assert main(_argv(trained, tiny_checkpoint, media, out, "--lossless", "--reel", str(reel))) == 0
     frames = _decode(out)
-    assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert frames.shape == (17, HEIGHT, 96, 3)
     np.testing.assert_array_equal(frames, trained["result"])  # the preview is what generate produces
     kept = ~trained["mask"]
     assert kept.any() and (~kept).any()
     np.testing.assert_array_equal(frames[kept], trained["source"][kept])  # kept region: source pixels exactly
     assert not np.array_equal(frames[~kept], trained["source"][~kept])  # masked region regenerated
     with av.open(str(reel)) as c:
-        assert c.streams.video[0].frames in (0, FRAMES) and c.streams.video[0].codec_context.width == 4 * WIDTH
+        assert c.streams.video[0].codec_context.width == 4 * 96
 
 
 def test_generate_follows_the_flags(trained, tiny_checkpoint, media, tmp_path):
     from iclora_api.cli import main
 
     out = tmp_path / "small.mp4"
-    assert main(_argv(trained, tiny_checkpoint, media, out, "--size", "96x64", "--number-of-frames", "18",
-                      "--frame-rate", "12", "--lossless", "--set", "attention_backends=math|efficient",
+    assert main(_argv(trained, tiny_checkpoint, media, out, "--size", "64x64", "--number-of-frames", "10",
+                      "--frame-rate", "24", "--lossless", "--set", "attention_backends=math|efficient",
                       "--set", "activation_checkpointing=none")) == 0
     with av.open(str(out)) as c:
         stream = c.streams.video[0]
-        assert float(stream.average_rate) == 12.0
+        assert float(stream.average_rate) == 24.0
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)])
-    assert frames.shape == (17, 64, 96, 3)  # 18 snapped to 8k+1
+    assert frames.shape == (9, 64, 64, 3)  # 10 snapped to 8k+1
 
 
 def test_a_lora_of_another_base_checkpoint_is_refused_naming_both(trained, tiny_checkpoint, media, tmp_path,
@@ -95,3 +99,27 @@ def test_a_lora_of_another_base_checkpoint_is_refused_naming_both(trained, tiny_
     err = capsys.readouterr().err
     assert tiny_checkpoint.model_path.name in err and "--model-path" in err and "fingerprint" in err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_strength_scales_the_change_once(trained, tiny_checkpoint):
+    """--strength s adds s * B @ A to each projection, as ltx-core and ComfyUI apply a LoRA."""
+    import torch
+
+    from iclora_api.trainer_settings import TrainerSettings
+    from iclora_trainer.lora_io import load_into_adapters, lora_rank, read_lora
+    from iclora_trainer.model.acceleration import prepare_for_training
+    from iclora_trainer.model.loading import load_transformer
+
+    tensors, _ = read_lora(trained["lora"])
+    cpu = torch.device("cpu")
+    model = prepare_for_training(load_transformer(tiny_checkpoint.model_path, cpu, torch.float32),
+                                 lora_rank(tensors), TrainerSettings(device="cpu"), cpu)
+    layer = model.transformer_blocks[0].attn1.to_q
+    deltas = {}
+    for strength in (1.0, 0.5):
+        load_into_adapters(model, tensors, strength)
+        deltas[strength] = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight) * layer.scaling["default"]
+    torch.testing.assert_close(deltas[0.5], 0.5 * deltas[1.0])
+    file_delta = tensors["diffusion_model.transformer_blocks.0.attn1.to_q.lora_B.weight"].float() @ \
+        tensors["diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight"].float()
+    torch.testing.assert_close(deltas[1.0], file_delta)

@@ -42,3 +42,28 @@ def test_run_writes_metrics_and_loss_plot_and_a_resume_continues_them(tmp_path, 
         assert len(png.convert("RGB").getcolors(1 << 16) or []) > 10  # a drawn plot, not a blank image
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["artifacts"]["lossPlot"] == artifacts.loss_plot
+
+
+def test_local_store_lists_and_deletes_by_key_prefix_like_s3(tmp_path):
+    store = LocalStore(tmp_path / "run")
+    assert store.list("") == [] and store.list("result.json") == []  # nothing written yet, no folder
+    for key in ("result.json", "metrics.jsonl", "checkpoints/step-000002/COMPLETE", "checkpoints/x"):
+        store.put_bytes(b"{}", key)
+    assert store.list("metrics.jsonl") == ["metrics.jsonl"]
+    assert store.list("checkpoints") == ["checkpoints/step-000002/COMPLETE", "checkpoints/x"]
+    store.delete_prefix("result.json")
+    assert "result.json" not in store.list("") and "metrics.jsonl" in store.list("")
+    store.delete_prefix("checkpoints/")
+    assert store.list("") == ["metrics.jsonl"]
+
+
+def test_a_new_attempt_removes_the_last_attempts_result(tmp_path, tiny_checkpoint, prepared_dataset):
+    """The operator reads result.json when the Job is gone: an old failure must not stand for a
+    later attempt that is still running."""
+    from iclora_trainer.loop import train
+
+    store = LocalStore(tmp_path / "out")
+    store.put_bytes(b'{"status": "Failed", "reason": "StoreUnavailable"}', "result.json")
+    settings = make_settings(tiny_checkpoint, tmp_path / "work", checkpoint_interval=100)
+    train(make_plan(steps=3), settings, prepared_dataset, store, SINGLE, stop_after=1)
+    assert not (tmp_path / "out" / "result.json").exists()

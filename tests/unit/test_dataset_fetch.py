@@ -137,6 +137,17 @@ def test_trusted_networks_let_an_in_cluster_store_through_and_nothing_else(serve
     assert not FetchPolicy(trusted=("minio.storage.svc",)).trusts_address("10.0.5.7")
 
 
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254\\@localhost/latest",  # urlsplit reads localhost, urllib3 connects to .254
+    "http://169.254.169.254\\@example.com/latest",
+    "http://10.0.0.1\\@minio.storage.svc/x.zip",
+])
+def test_the_guard_checks_the_host_the_client_connects_to(url):
+    trusting = FetchPolicy(trusted=("localhost", "minio.storage.svc", "example.com"))
+    with pytest.raises(DatasetDownloadError, match="ambiguous"):
+        check_host(url, trusting)
+
+
 def test_ssrf_guard_applies_after_redirects(server, tmp_path, monkeypatch):
     # The first hop is allowed (as an admin allow-list would), the redirect target is checked again.
     import iclora_trainer.dataset.fetch as fetch

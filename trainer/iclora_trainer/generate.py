@@ -78,10 +78,13 @@ def check_base_model(metadata: dict[str, str], model_path: str) -> None:
     from iclora_trainer.model.identity import checkpoint_identity
 
     recorded = metadata.get("base_model_fingerprint", "")
+    try:
+        actual = checkpoint_identity(model_path)
+    except (OSError, ValueError) as exc:
+        raise ModelConfigError(f"--model-path {model_path}: {exc}") from exc
     if not recorded:
         log.warning("the LoRA records no base checkpoint fingerprint; cannot check it matches %s", model_path)
         return
-    actual = checkpoint_identity(model_path)
     if actual.fingerprint != recorded:
         raise ModelConfigError(
             f"the LoRA was trained on {metadata.get('base_model_file') or 'another checkpoint'} "
@@ -90,7 +93,32 @@ def check_base_model(metadata: dict[str, str], model_path: str) -> None:
         )
 
 
-def _geometry(request: GenerateRequest, metadata: dict[str, str]) -> tuple[int, int, int, float]:
+def recorded_preview(metadata: dict[str, str]) -> dict[str, Any]:
+    """How the training's validation preview sampled (the LoRA's `preview` metadata); {} if absent
+    or unreadable (a LoRA from elsewhere): generate then uses the spec's validation defaults."""
+    import json
+
+    try:
+        preview = json.loads(metadata.get("preview") or "{}")
+    except ValueError:
+        return {}
+    return preview if isinstance(preview, dict) else {}
+
+
+def _size_of(value: Any) -> tuple[int, int] | None:
+    try:
+        if isinstance(value, dict):
+            return int(value["width"]), int(value["height"])
+        width, height = (int(v) for v in str(value).split("x"))
+        return width, height
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _geometry(request: GenerateRequest, metadata: dict[str, str], preview: dict[str, Any]
+              ) -> tuple[int, int, int, float]:
+    """Size, frames, fps: the flags, else the preview's (so the reel is reproduced), else what the
+    LoRA was trained at, else the spec's validation defaults."""
     from iclora_api.geometry import bucket_size, snap_frames
 
     if request.size is not None:
@@ -100,13 +128,24 @@ def _geometry(request: GenerateRequest, metadata: dict[str, str]) -> tuple[int, 
             request.resolution or _spec_default("validation_resolution"),
             request.aspect_ratio or _spec_default("validation_aspect_ratio"),
         )
-    elif "resolution" in metadata:
-        width, height = (int(v) for v in metadata["resolution"].split("x"))
     else:
-        width, height = bucket_size(_spec_default("validation_resolution"), _spec_default("validation_aspect_ratio"))
-    frames = request.number_of_frames or int(metadata.get("number_of_frames") or
-                                             _spec_default("validation_number_of_frames"))
-    fps = request.frame_rate or float(metadata.get("frame_rate") or _spec_default("validation_frame_rate"))
+        width, height = (_size_of(preview.get("resolution")) or _size_of(metadata.get("resolution"))
+                         or bucket_size(_spec_default("validation_resolution"),
+                                        _spec_default("validation_aspect_ratio")))
+
+    def number(*candidates: Any) -> float:
+        for c in candidates:
+            try:
+                if c is not None and float(c) > 0:
+                    return float(c)
+            except (TypeError, ValueError):
+                continue
+        raise AssertionError("a default is always given")
+
+    frames = int(number(request.number_of_frames, preview.get("numberOfFrames"), metadata.get("number_of_frames"),
+                        _spec_default("validation_number_of_frames")))
+    fps = number(request.frame_rate, preview.get("frameRate"), metadata.get("frame_rate"),
+                 _spec_default("validation_frame_rate"))
     return width, height, snap_frames(frames), fps
 
 
@@ -117,8 +156,8 @@ def generate(request: GenerateRequest, work_dir: Path) -> GenerateResult:
     from iclora_api.trainer_settings import TrainerSettings
     from iclora_trainer import validation_media
     from iclora_trainer.errors import ModelConfigError, SpecError
-    from iclora_trainer.lora_io import load_into_adapters, lora_rank, read_lora
-    from iclora_trainer.model.acceleration import prepare_for_training
+    from iclora_trainer.lora_io import load_into_adapters, lora_parameters, lora_rank, read_lora
+    from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
     from iclora_trainer.model.loading import load_transformer, load_video_decoder
     from iclora_trainer.reel import write_reel, write_video
     from iclora_trainer.validation import (
@@ -136,27 +175,36 @@ def generate(request: GenerateRequest, work_dir: Path) -> GenerateResult:
     except Exception as exc:
         raise SpecError(f"--lora {request.lora}: not a LoRA file ({exc})") from exc
     check_base_model(metadata, request.model_path)
+    preview = recorded_preview(metadata)
     downscale = int(metadata.get("reference_downscale_factor") or metadata.get("reference_spatial_scale_factor") or 1)
-    width, height, frames, fps = _geometry(request, metadata)
+    width, height, frames, fps = _geometry(request, metadata, preview)
     defaults = TrainerSettings()
-    seed = defaults.seed if request.seed is None else request.seed
-    settings = TrainerSettings.model_validate({"device": request.device, "seed": seed, **request.levers})
+    seed = request.seed if request.seed is not None else int(preview.get("seed", defaults.seed))
+    try:
+        # The preview's speed levers (the profile's), then the flags' (--set).
+        settings = TrainerSettings.model_validate(
+            {**(preview.get("speedLevers") or {}), **request.levers, "device": request.device, "seed": seed})
+    except ValueError as exc:
+        raise SpecError(f"--set: {exc}") from exc
     cuda = settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
+
+    def pick(flag: Any, key: str, fallback: Any) -> Any:
+        return flag if flag is not None else preview.get(key, fallback)
+
     plan = ValidationPlan(
         entries=(ValidationEntry(request.prompt, request.source, request.mask, request.reference),),
-        negative_prompt=request.negative_prompt if request.negative_prompt is not None
-        else _spec_default("validation_negative_prompt"),
+        negative_prompt=pick(request.negative_prompt, "negativePrompt", _spec_default("validation_negative_prompt")),
         frames=frames,
         frame_rate=fps,
         width=width,
         height=height,
-        stg_scale=request.stg_scale if request.stg_scale is not None else _spec_default("stg_scale"),
+        stg_scale=float(pick(request.stg_scale, "stgScale", _spec_default("stg_scale"))),
     )
     guidance = GuidanceConfig(
-        steps=request.steps or defaults.validation_steps,
-        cfg_scale=request.cfg_scale if request.cfg_scale is not None else defaults.validation_cfg_scale,
+        steps=int(pick(request.steps, "steps", defaults.validation_steps)),
+        cfg_scale=float(pick(request.cfg_scale, "cfgScale", defaults.validation_cfg_scale)),
         stg_scale=plan.stg_scale,
         stg_blocks=tuple(defaults.validation_stg_blocks) if defaults.validation_stg_blocks else None,
         rescale_scale=defaults.validation_rescale_scale,
@@ -171,8 +219,15 @@ def generate(request: GenerateRequest, work_dir: Path) -> GenerateResult:
         load_into_adapters(model, tensors, request.strength)
     except ValueError as exc:
         raise ModelConfigError(f"--lora {request.lora} does not fit {request.model_path}: {exc}") from exc
+    # On a GPU, the adapters in the precision the final reel ran them in (bf16 under DeepSpeed's
+    # bf16 engine); on a CPU everything is fp32, as the trainer runs it there.
+    adapter_dtype = getattr(torch, str(preview.get("adapterDtype", "")), None) if cuda else None
+    if isinstance(adapter_dtype, torch.dtype):
+        for p in lora_parameters(model).values():
+            p.data = p.data.to(adapter_dtype)
     decoder = load_video_decoder(request.model_path, device, dtype)
-    (result,) = run_entries(model, decoder, entries, guidance, fps, device, dtype, downscale)
+    with attention_backends(settings.attention_backends):
+        (result,) = run_entries(model, decoder, entries, guidance, fps, device, dtype, downscale)
     output = write_video(request.output, result, fps, lossless=request.lossless)
     reel = None
     if request.reel is not None:
@@ -267,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="iclora-generate-") as tmp:
             work = args.work_dir or Path(tmp)
             # s3:// outputs (a Kubernetes Job): written to scratch, then uploaded (AWS_* credentials).
-            local = {k: (work / "out" / u.rsplit("/", 1)[-1]) if u.startswith("s3://") else Path(u)
+            local = {k: (work / "out" / k / u.rsplit("/", 1)[-1]) if u.startswith("s3://") else Path(u)
                      for k, u in uris.items() if u}
             result = generate(replace(request, output=local["output"], reel=local.get("reel")), work)
             for k, u in uris.items():

@@ -20,6 +20,7 @@ from iclora_api.contract import (
     LOSS_PLOT_NAME,
     METRICS_NAME,
     MODEL_PATH_ENV,
+    RESULT_KEY,
     TEXT_ENCODER_PATH_ENV,
     VIDEO_NAME,
     Artifacts,
@@ -32,7 +33,14 @@ from iclora_trainer.data import PrecomputedDataset, latent_cache_key, precompute
 from iclora_trainer.distributed import DistEnv, RankZeroGate, apply_thread_limits
 from iclora_trainer.engine import build_engine, lr_factor
 from iclora_trainer.errors import ModelConfigError
-from iclora_trainer.lora_io import TRAINING_TYPE, export_lora, load_into_adapters, read_lora, save_lora
+from iclora_trainer.lora_io import (
+    TRAINING_TYPE,
+    export_lora,
+    load_into_adapters,
+    lora_parameters,
+    read_lora,
+    save_lora,
+)
 from iclora_trainer.metrics import MetricsLog
 from iclora_trainer.model.acceleration import attention_backends, prepare_for_training
 from iclora_trainer.preemption import Preempted, StopSignal
@@ -226,6 +234,10 @@ def train(
     if start:
         log.info("resuming from the checkpoint of step %d of %d", start, steps)
     reporter = Reporter(store, steps, settings.progress_interval, enabled=dist.rank == 0)
+    if dist.rank == 0:
+        # An earlier attempt's result.json (a failure the Job retried) must not stand for this one:
+        # the operator reads it when the Job itself is gone.
+        store.delete_prefix(RESULT_KEY)
     reporter.start(start)
     metrics = MetricsLog(store, work_dir, enabled=dist.rank == 0)
     metrics.restore(start)
@@ -283,7 +295,7 @@ def train(
                 # Rank 0 renders (if its inputs were usable); the others wait for it off-collective.
                 gate.run(f"validation-{done}", lambda: validator.render(model, store) if validator else None)
             if preempted:
-                engine.close()
+                _close(engine)
                 name = stop.signal_name if stop is not None and stop.signal_name else "another rank's signal"
                 raise Preempted(
                     f"stopped by {name} after step {done} of {steps}; checkpoint {done} written, "
@@ -305,14 +317,26 @@ def train(
             if validator:
                 # The final reel shows what the delivered file does (its bf16 weights in the
                 # adapters), so `iclora generate` with the file reproduces it exactly.
-                load_into_adapters(model, read_lora(outcome.lora_path)[0])
-                artifacts.video = validator.render(model, store)
+                try:
+                    load_into_adapters(model, read_lora(outcome.lora_path)[0])
+                except Exception:  # the reel is a preview: the LoRA is delivered without it
+                    log.exception("could not load the exported LoRA back for the final reel; no reel")
+                else:
+                    artifacts.video = validator.render(model, store)
     outcome.result = Result(
         status="Succeeded", steps=steps, artifacts=artifacts, message=f"final loss {loss_value}", model=model_fetch
     )
+    _close(engine)
     reporter.result(outcome.result)
-    engine.close()
     return outcome
+
+
+def _close(engine: Any) -> None:
+    """Release the engine; the run's outcome does not depend on it (logged, never raised)."""
+    try:
+        engine.close()
+    except Exception:
+        log.exception("engine cleanup failed")
 
 
 def trained_on(plan: TrainingPlan, settings: TrainerSettings, geometry: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +356,27 @@ def trained_on(plan: TrainingPlan, settings: TrainerSettings, geometry: dict[str
         "frameRate": geometry["frameRate"],
         "referenceDownscaleFactor": plan.reference_downscale_factor,
         "triggerPhrase": plan.trigger_phrase,
+        "preview": preview_settings(plan, settings),
     }
+
+
+def preview_settings(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, Any]:
+    """How the validation preview sampled (size, frames, fps, guidance, seed, speed levers): what
+    `iclora generate` defaults to, so that it reproduces the final reel with nothing but the inputs.
+    Without validation entries the size and frames are absent (generate uses the training's)."""
+    from iclora_api.trainer_settings import SpeedLevers
+
+    v = plan.validation
+    out: dict[str, Any] = {
+        "steps": settings.validation_steps,
+        "cfgScale": settings.validation_cfg_scale,
+        "seed": settings.seed,
+        "speedLevers": settings.model_dump(include=set(SpeedLevers.model_fields)),
+    }
+    if v is not None:
+        out.update({"resolution": {"width": v.width, "height": v.height}, "numberOfFrames": v.frames,
+                    "frameRate": v.frame_rate, "negativePrompt": v.negative_prompt, "stgScale": v.stg_scale})
+    return out
 
 
 def lora_metadata(plan: TrainingPlan, trained: dict[str, Any]) -> dict[str, str]:
@@ -352,6 +396,8 @@ def lora_metadata(plan: TrainingPlan, trained: dict[str, Any]) -> dict[str, str]
         "reference_downscale_factor": str(plan.reference_downscale_factor),
         # The same factor under the name newer LTX trainers write.
         "reference_spatial_scale_factor": str(plan.reference_downscale_factor),
+        # The validation preview's sampling, as JSON (iclora generate's defaults).
+        "preview": json.dumps(trained["preview"], sort_keys=True),
         "format": "ltx-core/comfyui diffusion_model.* lora_A/lora_B, alpha folded into lora_B",
     }
 
@@ -367,6 +413,10 @@ def _write_artifacts(
 ) -> tuple[Artifacts, Path]:
     out = work_dir / ARTIFACTS_DIR
     trained = trained_on(plan, settings, geometry)
+    # The adapters' dtype at the final render (bf16 under DeepSpeed's bf16 engine on a GPU).
+    adapters = lora_parameters(model)
+    if adapters:
+        trained["preview"]["adapterDtype"] = str(next(iter(adapters.values())).dtype).removeprefix("torch.")
     lora_path = save_lora(
         out / LORA_NAME, export_lora(model, plan.rank, plan.alpha), lora_metadata(plan, trained)
     )

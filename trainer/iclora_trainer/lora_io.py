@@ -123,9 +123,9 @@ def load_into_adapters(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                 raise ValueError(f"{key}: the model has no LoRA adapter at {module_path}") from exc
             if tuple(target.shape) != tuple(value.shape):
                 raise ValueError(f"{key}: shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)}")
-            scaled = value.float() * strength
-            if which == "B":
-                scaled = scaled / layer.scaling[ADAPTER_NAME]
+            scaled = value.float()
+            if which == "B":  # strength scales B @ A once, as ltx-core and ComfyUI apply it
+                scaled = scaled * strength / layer.scaling[ADAPTER_NAME]
             target.copy_(scaled.to(target.dtype))
             seen.add(key)
     expected = {

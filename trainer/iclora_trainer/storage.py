@@ -65,7 +65,7 @@ class LocalStore:
         """Keys that start with `prefix`, as an S3 listing gives them (a folder or a file name)."""
         base = self.root / prefix
         search = base if base.is_dir() else base.parent
-        if not search.exists():
+        if not search.exists() or not search.resolve().is_relative_to(self.root.resolve()):
             return []
         return sorted(
             key
@@ -75,7 +75,11 @@ class LocalStore:
         )
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.root / prefix, ignore_errors=True)
+        """Every key that starts with `prefix` (a folder or a file), as on S3."""
+        for key in self.list(prefix):
+            (self.root / key).unlink(missing_ok=True)
+        if (self.root / prefix).is_dir() and prefix.strip("/"):
+            shutil.rmtree(self.root / prefix, ignore_errors=True)
 
 
 class S3Store:

@@ -44,6 +44,10 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "create"]
+# Application: the NetworkPolicy that lets a multi-node training's ranks reach each other.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
 # Application: store credentials copied for each run; a tenant's output credentials are read.
 - apiGroups: [""]
   resources: ["secrets"]

@@ -152,7 +152,8 @@ def _start_operator_process(cluster: Any, settings: Any, timeout: float = 60.0) 
 
 
 def _generate(out: Any, folder: Path, inputs: Path, prompt: str, tiny: Any) -> None:
-    """Use the LoRA as a user would: `iclora generate` on the validation entry (the reel's result)."""
+    """Use the LoRA as a user would: `iclora generate` on the validation entry. Size, frames, fps,
+    guidance and seed come from the LoRA's record of the preview, so this is the reel's result."""
     import shlex
 
     import numpy as np
@@ -162,7 +163,6 @@ def _generate(out: Any, folder: Path, inputs: Path, prompt: str, tiny: Any) -> N
 
     argv = ["generate", "--lora", str(folder / "lora.safetensors"), "--source", str(inputs / "source.mp4"),
             "--mask", str(inputs / "mask.png"), "--reference", str(inputs / "reference.mp4"), "--prompt", prompt,
-            "--resolution", "low", "--aspect-ratio", "16:9", "--number-of-frames", "9",
             "--model-path", str(tiny.model_path), "--text-encoder-path", str(tiny.text_encoder_path),
             "--device", "cpu", "--lossless", "--output", str(folder / "generated.mp4"),
             "--reel", str(folder / "generated-reel.mp4")]

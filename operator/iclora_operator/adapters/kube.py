@@ -90,6 +90,7 @@ class Kube:
         self.api = api_client or client.ApiClient()
         self.batch = client.BatchV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
     # --- children ------------------------------------------------------------------------
@@ -106,6 +107,7 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
             "Service": self.core.create_namespaced_service,
             "Secret": self.core.create_namespaced_secret,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
         try:
             return _json(creators[kind](ns, manifest, _preload_content=False))
@@ -125,6 +127,7 @@ class Kube:
             "Job": self.batch.read_namespaced_job,
             "Service": self.core.read_namespaced_service,
             "Secret": self.core.read_namespaced_secret,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }
         try:
             return _json(readers[kind](name, namespace, _preload_content=False))

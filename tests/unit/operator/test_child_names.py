@@ -152,6 +152,7 @@ def _kube_answering(exc: ApiException, existing: dict | None = None) -> Kube:
 
     kube.batch = SimpleNamespace(create_namespaced_job=create)
     kube.core = SimpleNamespace(create_namespaced_service=create, create_namespaced_secret=create)
+    kube.networking = SimpleNamespace(create_namespaced_network_policy=create)
     kube.read = lambda kind, ns, name: existing  # type: ignore[method-assign]
     return kube
 

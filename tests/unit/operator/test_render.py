@@ -507,3 +507,44 @@ def test_pods_run_as_the_profiles_uid_or_the_platforms():
     assert profile_spec_from_object({"spec": {"runAsUser": 1000680000}}).run_as_user == 1000680000
     with pytest.raises(ValidationError, match=r"runAsUser|run_as_user"):
         profile_spec_from_object({"spec": {"runAsUser": 0}})
+
+
+def test_rank_network_policy_opens_the_peers_and_nothing_else():
+    from iclora_operator.render import render_rank_network_policy
+
+    ingress = render_rank_network_policy(ctx(nodes=2))
+    ranks = {"matchLabels": {"iclora.dev/training-uid": "uid-1", "app.kubernetes.io/component": "training"}}
+    assert ingress["spec"] == {"podSelector": ranks, "policyTypes": ["Ingress"],
+                               "ingress": [{"from": [{"podSelector": ranks}]}]}
+    assert ingress["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    both = render_rank_network_policy(ctx(nodes=2, rank_network_policy="IngressAndEgress"))
+    assert both["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert both["spec"]["egress"] == [{"to": [{"podSelector": ranks}]}]
+    assert render_rank_network_policy(ctx(nodes=2, rank_network_policy="None")) is None
+    # The selector matches the training pods' labels (and not the preflight's).
+    train_labels = render_training_job(ctx(nodes=2), suspend=False)["spec"]["template"]["metadata"]["labels"]
+    preflight_labels = render_preflight_job(ctx(nodes=2))["spec"]["template"]["metadata"]["labels"]
+    assert ranks["matchLabels"].items() <= train_labels.items()
+    assert not ranks["matchLabels"].items() <= preflight_labels.items()
+
+
+def test_trainer_env_and_extended_resources_reach_the_training_container_only():
+    from pydantic import ValidationError
+
+    run = ctx(nodes=2, trainer_env=[{"name": "NCCL_SOCKET_IFNAME", "value": "^lo,docker"},
+                                    {"name": "FI_PROVIDER", "value": "efa"}],
+              trainer_extra_resources={"vpc.amazonaws.com/efa": "4"})
+    train = render_training_job(run, suspend=False)
+    env = env_of(train)
+    assert env["NCCL_SOCKET_IFNAME"]["value"] == "^lo,docker" and env["FI_PROVIDER"]["value"] == "efa"
+    resources = container_of(train)["resources"]
+    assert resources["limits"]["vpc.amazonaws.com/efa"] == "4" and resources["requests"]["vpc.amazonaws.com/efa"] == "4"
+    preflight = render_preflight_job(run)
+    assert "FI_PROVIDER" not in env_of(preflight)
+    assert "vpc.amazonaws.com/efa" not in container_of(preflight)["resources"]["limits"]
+    for reserved in ("MASTER_ADDR", "ICLORA_SPEC", "AWS_SECRET_ACCESS_KEY", "NVIDIA_VISIBLE_DEVICES"):
+        with pytest.raises(ValidationError, match=f"{reserved} is set by the operator"):
+            ctx(trainer_env=[{"name": reserved, "value": "x"}])
+    for bad in ("cpu", "nvidia.com", "kubernetes.io/foo", "/x"):
+        with pytest.raises(ValidationError, match="not an extended resource name"):
+            ctx(trainer_extra_resources={bad: "1"})

@@ -99,12 +99,25 @@ def _refused(addr: str) -> str | None:
 
 
 def check_host(url: str, policy: FetchPolicy) -> None:
-    """Resolve the URL's host; refuse non-public addresses unless allowed."""
+    """Resolve the URL's host; refuse non-public addresses unless allowed.
+
+    The host is the one the HTTP client (urllib3) will connect to; a URL that Python's `urlsplit`
+    reads with another host (a backslash before `@`, as in `http://169.254.169.254\\@trusted/`)
+    is refused, so the checked host is always the fetched one."""
+    from urllib3.util import parse_url
+
     parts = urlsplit(url)
-    host = parts.hostname
+    try:
+        connects = parse_url(url)
+    except ValueError as exc:
+        raise DatasetDownloadError(f"{url}: not a valid URL ({exc})") from exc
+    host = (connects.host or "").strip("[]").lower()
     if not host:
         raise DatasetDownloadError(f"{url}: URL has no host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if host != (parts.hostname or "").lower() or "\\" in (parts.netloc + (connects.path or "")[:1]):
+        raise DatasetDownloadError(f"{url}: refused, the URL's host is ambiguous (a backslash or odd "
+                                   "characters in its authority)")
+    port = connects.port or (443 if parts.scheme == "https" else 80)
     last = ""
     for attempt in range(policy.attempts):
         if attempt:
