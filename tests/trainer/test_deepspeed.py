@@ -155,20 +155,23 @@ def test_one_rank_deepspeed_runs_without_a_launcher(tmp_path, tiny_checkpoint, p
     assert (tmp_path / "out" / "artifacts" / "lora.safetensors").exists()
 
 
-def test_closed_deepspeed_engine_lets_its_model_go(monkeypatch):
+def test_closed_deepspeed_engine_lets_its_model_go():
     """DeepSpeed's process-wide name maps keep a module alive; `close()` releases them, so a second
     engine in the same process (a benchmark's next row, a test) does not carry the first one's
     weights. Seen on an H200: each unclosed row kept 26 GiB of base weights."""
     import gc
+    import os
     import weakref
 
     from iclora_api.trainer_settings import TrainerSettings
-    from iclora_trainer.distributed import MASTER_ADDR_ENV, MASTER_PORT_ENV
     from iclora_trainer.engine import build_engine
 
-    # The engine makes a process group of one and exports its env vars: undone after the test.
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", MASTER_ADDR_ENV, MASTER_PORT_ENV):
-        monkeypatch.delenv(name, raising=False)
+    # The engine makes a process group of one and exports RANK, WORLD_SIZE, ... into os.environ:
+    # all undone after the test (left behind, they made later multi-rank subprocess tests see
+    # themselves as rank 0 of 1).
+    saved = dict(os.environ)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
     assert not torch.distributed.is_initialized()
     settings = TrainerSettings(engine="deepspeed", device="cpu", dtype="fp32")
     module = torch.nn.Linear(8, 8)
@@ -182,3 +185,5 @@ def test_closed_deepspeed_engine_lets_its_model_go(monkeypatch):
         assert alive() is None
     finally:
         torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
