@@ -12,6 +12,18 @@ VENV="${ICLORA_VENV:-$HOME/.cache/masked-iclora/venv}"
 PY="${PYTHON:-python3}"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# The local cluster's real node (docs/local-cluster.md, "Real containers") needs a few Debian
+# packages: buildah and debootstrap build the images, the CNI plugins and iptables network the
+# pods, libseccomp-dev lets runc build with seccomp. Installed once, as root.
+NODE_PACKAGES="buildah debootstrap containernetworking-plugins iptables iproute2 libseccomp-dev pkg-config"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing="$(for p in $NODE_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || printf '%s ' "$p"; done)"
+  if [ -n "$missing" ]; then
+    log "installing Debian packages for the real-container node: $missing"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2
+  fi
+fi
+
 # constraints.txt pins every version: an upstream release cannot change what CI installs.
 CONSTRAINTS="$ROOT/constraints.txt"
 stamp_now="$(cat "$ROOT/pyproject.toml" "$ROOT/dev/pyproject.toml" "$ROOT/scripts/setup-env.sh" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"

@@ -42,7 +42,9 @@ def _records(state_dir: Path) -> list[procs.ProcessRecord]:
 def test_up_env_down_from_separate_processes(tmp_path):
     state_dir = tmp_path / "cluster"
     t0 = time.monotonic()
-    up = _cli("up", "--state-dir", str(state_dir), "--gpu-nodes", "1", "--cpu-nodes", "0")
+    # The process runner's node here; the real node's up/down is tests/cluster/test_containers.py.
+    up = _cli("up", "--state-dir", str(state_dir), "--gpu-nodes", "1", "--cpu-nodes", "0",
+              "--node-runtime", "processes")
     elapsed = time.monotonic() - t0
     assert up.returncode == 0, up.stderr
     sys.stderr.write(f"warm start of the whole stack: {elapsed:.1f} s\n")

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="run a full training on an embedded local cluster (tiny model, CPU)",
         description=(
-            "Start a local control plane, S3 store, pod runner and the operator; upload a synthetic "
+            "Start a local control plane with a real node (kubelet, containerd, the product's images), "
+            "an S3 store and the operator; upload a synthetic "
             "dataset; train a MaskedICLoraTraining on a tiny model; download its artifacts."
         ),
     )
@@ -22,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--triplets", type=int, default=10, help="triplets in the synthetic dataset")
     parser.add_argument("--state-dir", help="cluster state folder (default ~/.cache/masked-iclora/clusters/demo)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the training")
+    parser.add_argument(
+        "--node-runtime", choices=("containers", "processes"), default="processes",
+        help="run the pods as real containers from the product's images on a kubelet + containerd node "
+        "(needs root; the first run builds the images, minutes) or as processes of this machine "
+        "(default: %(default)s)",
+    )
     parser.set_defaults(func=_run)
 
 

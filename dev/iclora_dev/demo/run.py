@@ -2,8 +2,9 @@
 
 Every part is the real one: the control plane built from source, SeaweedFS for
 S3, the operator (kopf, in this process; with --keep a process of the cluster's own that
-outlives the demo), the CPU preflight and the trainer run as real processes by the local
-pod runner. Only the model is tiny.
+outlives the demo), the CPU preflight and the trainer run as real containers of the trainer image
+on a kubelet + containerd node (``--node-runtime processes``: as processes of this machine, by the
+local pod runner). Only the model is tiny.
 """
 
 from __future__ import annotations
@@ -211,11 +212,19 @@ def run_demo(args: argparse.Namespace) -> int:
     out = sys.stdout.write
     started = time.monotonic()
     out("[demo] building or reusing the control-plane binaries\n")
-    binaries.build(("k8s", "etcd", "kwok"))
+    containers = args.node_runtime == "containers"
+    binaries.build(("k8s", "etcd", "kwok", *(binaries.NODE_COMPONENTS if containers else ())))
+    if containers:
+        from iclora_dev.localcluster import images
+
+        out("[demo] building or reusing the images (base, pause, trainer; the first build takes minutes)\n")
+        trainer_image = images.build_all().trainer
+    else:
+        trainer_image = "local"
     state = Path(args.state_dir) if args.state_dir else binaries.cache_root() / "clusters" / "demo"
-    # Only the local runner node: every pod runs as a real process on this machine.
+    # Only the local node: every pod runs there, as a container (or a process of this machine).
     cluster = LocalCluster(state, ClusterConfig(gpu_nodes=0, cpu_nodes=0, local_runner=True, local_runner_gpus=1,
-                                                die_with_parent=not args.keep))
+                                                die_with_parent=not args.keep, node_runtime=args.node_runtime))
     out(f"[demo] starting the local cluster in {state}\n")
     cluster.start()
     stop_flag = threading.Event()
@@ -237,10 +246,15 @@ def run_demo(args: argparse.Namespace) -> int:
         s3.client().fput_object(s3.bucket, f"models/tiny-text-encoder/{tiny.text_encoder_path.name}",
                                 str(tiny.text_encoder_path))
         node_cache = state / "node-model-cache"
+        # The node cache must be writable by the pods' uid/gid (the profile's runAsUser, 1000); a
+        # platform prepares it the same way (docs/admin-guide.md).
+        node_cache.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(node_cache, 1000, 1000)
         _ensure(custom.create_cluster_custom_object, API_GROUP, API_VERSION, "trainingprofiles", {
             "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "TrainingProfile", "metadata": {"name": "default"},
             "spec": {
-                "image": "local", "gpusPerNode": 1, "nodes": 1, "device": "cpu", "zeroStage": 0,
+                "image": trainer_image, "gpusPerNode": 1, "nodes": 1, "device": "cpu", "zeroStage": 0,
                 "model": {**model, "cacheVolume": "model-cache"},
                 "volumes": [{"name": "model-cache",
                              "hostPath": {"path": str(node_cache), "type": "DirectoryOrCreate"}}],
@@ -296,7 +310,8 @@ def run_demo(args: argparse.Namespace) -> int:
         if status.get("phase") != "Succeeded":
             failure = status.get("failure") or {}
             out(f"[demo] FAILED: {failure.get('reason')}: {failure.get('message')}\n")
-            out(f"[demo] pod logs: {cluster.pods_dir}\n")
+            out(f"[demo] pod logs: {cluster.pods_dir}\n" if not containers else
+                f"[demo] pod logs: KUBECONFIG={cluster.kubeconfig} kubectl logs -n {NAMESPACE} -l job-name\n")
             return 1
         fetch = _model_fetch(s3, status.get("artifacts") or {})
         if fetch is not None:

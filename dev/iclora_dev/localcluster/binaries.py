@@ -29,6 +29,15 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 KUEUE_VERSION = "v0.17.0"
+# The real-container node (docs/local-cluster.md, "Real containers"): the kubelet from the same
+# Kubernetes source, containerd 2 (kubelet 1.36 needs the CRI RuntimeConfig call that containerd
+# 1.x lacks), crictl, and CoreDNS for the cluster's DNS names.
+CONTAINERD_VERSION = "v2.4.2"
+CRICTL_VERSION = "v1.37.0"
+COREDNS_VERSION = "v1.15.0"
+# runc from source (cgo + libseccomp): Debian 12's runc 1.1 and crun 1.8 cannot run containerd
+# 2.4's OCI specs.
+RUNC_VERSION = "v1.3.3"
 
 BIN_DIR_ENV = "ICLORA_K8S_BIN_DIR"
 CACHE_ENV = "ICLORA_CACHE_DIR"
@@ -68,8 +77,16 @@ COMPONENTS: dict[str, Component] = {
     "kwok": Component("kwok", KWOK_VERSION, ("kwok",)),
     "helm": Component("helm", HELM_VERSION, ("helm",)),
     "kueue": Component("kueue", KUEUE_VERSION, ("kueue",)),
+    "kubelet": Component("kubelet", K8S_VERSION, ("kubelet",)),
+    "containerd": Component(
+        "containerd", CONTAINERD_VERSION, ("containerd", "containerd-shim-runc-v2", "ctr")
+    ),
+    "crictl": Component("crictl", CRICTL_VERSION, ("crictl",)),
+    "coredns": Component("coredns", COREDNS_VERSION, ("coredns",)),
+    "runc": Component("runc", RUNC_VERSION, ("runc",)),
 }
-DEFAULT_COMPONENTS = ("k8s", "etcd", "kwok", "helm", "kueue")
+NODE_COMPONENTS = ("kubelet", "containerd", "crictl", "coredns", "runc")
+DEFAULT_COMPONENTS = ("k8s", "etcd", "kwok", "helm", "kueue", *NODE_COMPONENTS)
 
 
 def go_env() -> dict[str, str]:
@@ -249,6 +266,39 @@ def _build_kueue(comp: Component) -> None:
     _publish(tmp, comp.bin_dir)
 
 
+def _build_containerd(comp: Component) -> None:
+    """containerd, its runc shim and ctr, static (no cgo: no btrfs/devmapper snapshotters)."""
+    base = "github.com/containerd/containerd/v2"
+    pkgs = [f"{base}/cmd/{b}" for b in comp.binaries]
+    _write_module(comp.work_dir, {base: comp.version}, {}, pkgs)
+    _go(["mod", "tidy"], cwd=comp.work_dir)
+    tmp = _tmp_dir(comp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ldflags = f"-s -w -X {base}/version.Version={comp.version}"
+    tags = "no_btrfs,no_devmapper,no_zfs,no_aufs"
+    _go(["build", "-trimpath", "-tags", tags, "-ldflags", ldflags, "-o", str(tmp) + "/", *pkgs], cwd=comp.work_dir)
+    _publish(tmp, comp.bin_dir)
+
+
+def _build_runc(comp: Component) -> None:
+    """runc with seccomp (cgo, Debian's libseccomp-dev). Its module replaces opencontainers/selinux
+    with a nested folder that module zips leave out; the published release stands in for it."""
+    src = module_dir("github.com/opencontainers/runc", comp.version)
+    work = comp.work_dir
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(src, work)
+    for path in [work, *work.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    _go(["mod", "edit", "-dropreplace", "github.com/opencontainers/selinux"], cwd=work)
+    tmp = _tmp_dir(comp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _go(["build", "-trimpath", "-tags", "seccomp", "-ldflags", f"-s -w -X main.version={comp.version.lstrip('v')}",
+         "-o", str(tmp / "runc"), "."], cwd=work, extra_env={"CGO_ENABLED": "1"})
+    _publish(tmp, comp.bin_dir)
+
+
 def _tmp_dir(comp: Component) -> Path:
     return comp.bin_dir.parent / (comp.bin_dir.name + ".tmp")
 
@@ -265,4 +315,9 @@ _BUILDERS = {
     "kwok": _go_install("sigs.k8s.io/kwok/cmd/kwok"),
     "helm": _go_install("helm.sh/helm/v3/cmd/helm"),
     "kueue": _build_kueue,
+    "kubelet": _build_k8s,
+    "containerd": _build_containerd,
+    "crictl": _go_install("sigs.k8s.io/cri-tools/cmd/crictl"),
+    "coredns": _go_install("github.com/coredns/coredns"),
+    "runc": _build_runc,
 }

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--components",
         default=",".join(DEFAULT_COMPONENTS),
-        help="comma-separated: k8s,etcd,kwok,helm,kueue (default: %(default)s)",
+        help="comma-separated: k8s,etcd,kwok,helm,kueue,kubelet,containerd,crictl,coredns,runc "
+        "(default: %(default)s)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(func=_build)
@@ -44,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--local-taint",
         action="store_true",
         help="taint the local node so only pods that tolerate it run there",
+    )
+    up.add_argument(
+        "--node-runtime",
+        choices=("containers", "processes"),
+        default="containers",
+        help="how the local node runs pods: real containers from the product's images (kubelet + "
+        "containerd; needs root) or processes of this machine (the pod runner) (default: %(default)s)",
     )
     up.add_argument("--no-s3", action="store_true")
     up.add_argument("--bucket", action="append", help="bucket to create (repeatable; default: iclora)")
@@ -103,7 +111,8 @@ def _up(args: argparse.Namespace) -> int:
     _logging()
     if not args.no_build:
         # One command for a newcomer: the first `up` on a machine builds what is missing (minutes).
-        binaries.build(["k8s", "etcd", "kwok", *(["kueue"] if args.kueue else [])])
+        binaries.build(["k8s", "etcd", "kwok", *(["kueue"] if args.kueue else []),
+                        *(binaries.NODE_COMPONENTS if args.node_runtime == "containers" else [])])
     config = ClusterConfig(
         gpu_nodes=args.gpu_nodes,
         gpus_per_node=args.gpus_per_node,
@@ -111,6 +120,7 @@ def _up(args: argparse.Namespace) -> int:
         local_runner=not args.no_local_runner,
         local_runner_gpus=args.local_gpus,
         local_runner_tainted=args.local_taint,
+        node_runtime=args.node_runtime,
         s3=not args.no_s3,
         buckets=tuple(args.bucket or ("iclora",)),
         die_with_parent=args.foreground,

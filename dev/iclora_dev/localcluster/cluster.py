@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iclora_dev.localcluster import binaries, nodes, procs
+from iclora_dev.localcluster import binaries, node, nodes, procs
 from iclora_dev.localcluster.pki import new_token, write_pki
 from iclora_dev.localcluster.ports import free_ports
 from iclora_dev.localcluster.s3 import DEFAULT_BUCKETS, S3Store, s3_ready, start_weed
@@ -58,6 +58,10 @@ class ClusterConfig:
     # Tests taint the local node so only pods that tolerate it run as real processes there;
     # the demo leaves it untainted so the operator's Jobs land on it.
     local_runner_tainted: bool = False
+    # How the local node runs pods: "processes" (the pod runner: fast, no root, ignores images
+    # and security contexts) or "containers" (kubelet + containerd + runc from the product's
+    # images, node.py / images.py; needs root).
+    node_runtime: str = "processes"
     s3: bool = True
     buckets: tuple[str, ...] = DEFAULT_BUCKETS
     # Kueue out of cluster (needs `build --components kueue`; see kueue.py for its cert pitfall).
@@ -80,6 +84,7 @@ class LocalCluster:
     gpu_node_names: list[str] = dataclasses.field(default_factory=list)
     cpu_node_names: list[str] = dataclasses.field(default_factory=list)
     local_node_name: str | None = None
+    node_slot: int | None = None
     owner_pid: int = 0
     started_at: str = ""
     startup_seconds: float = 0.0
@@ -117,12 +122,14 @@ class LocalCluster:
     def tool_dirs(self) -> list[Path]:
         """Folders of kubectl, helm and the other binaries (for PATH)."""
         found = [p.parent for p in self.binaries.values()]
-        found += [p.parent for p in map(binaries.find_binary, ("helm", "kueue")) if p is not None]
+        found += [p.parent for p in map(binaries.find_binary, ("helm", "kueue", "crictl")) if p is not None]
         return sorted(set(found))
 
     def env(self) -> dict[str, str]:
         """Variables that point tools (kubectl, the operator, tests) at this cluster."""
         out = {"KUBECONFIG": str(self.kubeconfig)}
+        if self.node_slot is not None:  # crictl (and ctr) talk to the real node's containerd
+            out["CONTAINER_RUNTIME_ENDPOINT"] = f"unix://{node.Slot(self.node_slot).socket}"
         if self.s3:
             out.update(self.s3.env())
         return out
@@ -180,7 +187,8 @@ class LocalCluster:
         )
         if cfg.s3:
             self.s3, record = start_weed(
-                data / "s3", self.logs_dir / "weed.log", cfg.buckets, cfg.die_with_parent
+                data / "s3", self.logs_dir / "weed.log", cfg.buckets, cfg.die_with_parent,
+                ip=node.ensure_host_address() if self._containers else "127.0.0.1",
             )
             self.processes.append(record)
         self._spawn(
@@ -207,6 +215,10 @@ class LocalCluster:
                 # No kubelets, no real endpoints: the `kubernetes` Service is not needed here.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # Logs and exec through the real node's kubelet (it trusts the cluster CA).
+                f"--kubelet-client-certificate={pki['kubelet_client_crt']}",
+                f"--kubelet-client-key={pki['kubelet_client_key']}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -262,7 +274,9 @@ class LocalCluster:
                 f"--server-address=127.0.0.1:{kwok_port}",
             ],
         )
-        if cfg.local_runner:
+        if cfg.local_runner and self._containers:
+            self._start_node(pki["ca_crt"])
+        elif cfg.local_runner:
             self.local_node_name = LOCAL_RUNNER_NODE
             argv = [
                 sys.executable,
@@ -284,11 +298,46 @@ class LocalCluster:
         self._wait("scheduler /healthz", lambda: _https_ok(sched_port))
         self._wait("default ServiceAccount", self._default_sa_exists)
         self._wait("nodes Ready and untainted", self._nodes_ready)
+        if self.node_slot is not None:
+            self._finish_node()
         if self.s3:
             s3 = self.s3
             self._wait("S3", lambda: s3_ready(s3))
         if cfg.kueue:
             self._start_kueue()
+
+    @property
+    def _containers(self) -> bool:
+        return self.config.local_runner and self.config.node_runtime == "containers"
+
+    def _start_node(self, ca_crt: Path) -> None:
+        """kubelet + containerd + CoreDNS for the node whose pods are real containers."""
+        from iclora_dev.localcluster import images
+
+        imgs = images.build_all()
+        golden = images.golden_root(imgs)
+        slot = node.claim_slot(self.state_dir)
+        self.node_slot = slot.index
+        self.save_state()
+        root = images.node_root(slot.index)
+        images.clone_image_root(golden, root)
+        cfg = self.config
+        plan = node.prepare(
+            slot, self.state_dir, self.kubeconfig, ca_crt, root, imgs.pause, free_ports(2),
+            labels={nodes.GPU_PRODUCT_LABEL: nodes.GPU_PRODUCT} if cfg.local_runner_gpus else None,
+            taints=[node.taint_flag()] if cfg.local_runner_tainted else None,
+        )
+        for name, argv in plan.processes:
+            self._spawn(name, argv, env=plan.env)
+            if name == "containerd":
+                node.wait_socket(slot, self.processes[-1])
+        self.local_node_name = node.NODE_NAME
+        self.save_state()
+
+    def _finish_node(self) -> None:
+        """Advertise the node's fake GPUs and its scratch disk as the pod runner's node does."""
+        cfg = self.config
+        self._core().patch_node_status(node.NODE_NAME, node.capacity_patch(cfg.local_runner_gpus))
 
     def _start_kueue(self) -> None:
         from iclora_dev.localcluster import kueue
@@ -327,6 +376,7 @@ class LocalCluster:
             gpu_node_names=state["gpu_nodes"],
             cpu_node_names=state["cpu_nodes"],
             local_node_name=state["local_node"],
+            node_slot=state.get("node_slot"),
             owner_pid=state["owner_pid"],
             started_at=state["started_at"],
         )
@@ -342,9 +392,9 @@ class LocalCluster:
         return config.new_client_from_config(str(self.kubeconfig))
 
     # -- internals -----------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         _, record = procs.start(
-            name, argv, self.logs_dir / f"{name}.log", die_with_parent=self.config.die_with_parent
+            name, argv, self.logs_dir / f"{name}.log", env=env, die_with_parent=self.config.die_with_parent
         )
         self.processes.append(record)
 
@@ -361,6 +411,7 @@ class LocalCluster:
             "gpu_nodes": self.gpu_node_names,
             "cpu_nodes": self.cpu_node_names,
             "local_node": self.local_node_name,
+            "node_slot": self.node_slot,
             "pods_dir": str(self.pods_dir),
         }
         tmp = self.state_dir / (STATE_FILE + ".tmp")
@@ -441,13 +492,13 @@ class LocalCluster:
         if self.local_node_name:
             expected.add(self.local_node_name)
         ready = set()
-        for node in self._core().list_node().items:
-            conditions = {c.type: c.status for c in (node.status.conditions or [])}
-            taints = {t.key for t in (node.spec.taints or [])}
+        for item in self._core().list_node().items:
+            conditions = {c.type: c.status for c in (item.status.conditions or [])}
+            taints = {t.key for t in (item.spec.taints or [])}
             if conditions.get("Ready") == "True" and not any(
                 k.startswith("node.kubernetes.io/") for k in taints
             ):
-                ready.add(node.metadata.name)
+                ready.add(item.metadata.name)
         return expected <= ready
 
 
@@ -473,6 +524,9 @@ def _https_ok(port: int, path: str = "/healthz") -> bool:
 # Components in the order they are stopped: the runner first (it kills its pods), etcd last.
 _STOP_ORDER = [
     "podrunner",
+    "kubelet",
+    "coredns",
+    "containerd",
     "kueue",
     "kwok",
     "kube-scheduler",
@@ -505,6 +559,12 @@ def stop_recorded(state_dir: Path, extra: list[procs.ProcessRecord] | None = Non
     for pid_file in (state_dir / "pods").glob("*/*/*.proc.json"):
         with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
             procs.ProcessRecord(**json.loads(pid_file.read_text())).stop(grace=1.0)
+    # The real node's containers (their shims outlive containerd), mounts, bridge and slot.
+    slot = node.slot_of(state_dir)
+    if slot is not None:
+        node.cleanup(slot)
+    node.unmount_under([state_dir / "node"])
+    shutil.rmtree(state_dir / "node", ignore_errors=True)
     state_path.unlink(missing_ok=True)
     shutil.rmtree(state_dir / "data", ignore_errors=True)
 

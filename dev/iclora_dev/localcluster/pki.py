@@ -30,7 +30,8 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
 
 
 def write_pki(pki_dir: Path) -> dict[str, Path]:
-    """Write ca.crt/ca.key, apiserver.crt/.key (SAN 127.0.0.1, localhost), sa.key/sa.pub."""
+    """Write ca.crt/ca.key, apiserver.crt/.key (SAN 127.0.0.1, localhost), the API server's kubelet
+    client certificate, sa.key/sa.pub."""
     pki_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = _key()
@@ -84,8 +85,30 @@ def write_pki(pki_dir: Path) -> dict[str, Path]:
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    # The API server's client certificate towards kubelets (logs, exec); the real node trusts the CA.
+    client_key = _key()
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
+                ]
+            )
+        )
+        .issuer_name(ca_name)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     sa_key = _key()
     paths = {
+        "kubelet_client_crt": pki_dir / "apiserver-kubelet-client.crt",
+        "kubelet_client_key": pki_dir / "apiserver-kubelet-client.key",
         "ca_crt": pki_dir / "ca.crt",
         "ca_key": pki_dir / "ca.key",
         "server_crt": pki_dir / "apiserver.crt",
@@ -98,6 +121,8 @@ def write_pki(pki_dir: Path) -> dict[str, Path]:
     paths["server_crt"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(paths["server_key"], server_key)
     _write_key(paths["sa_key"], sa_key)
+    paths["kubelet_client_crt"].write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(paths["kubelet_client_key"], client_key)
     paths["sa_pub"].write_bytes(
         sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

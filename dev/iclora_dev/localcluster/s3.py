@@ -60,8 +60,11 @@ def weed_binary() -> str:
 
 
 def start_weed(
-    data_dir: Path, log_path: Path, buckets: tuple[str, ...] = DEFAULT_BUCKETS, die_with_parent: bool = True
+    data_dir: Path, log_path: Path, buckets: tuple[str, ...] = DEFAULT_BUCKETS, die_with_parent: bool = True,
+    ip: str = "127.0.0.1",
 ) -> tuple[S3Store, procs.ProcessRecord]:
+    """Start ``weed mini`` listening on ``ip`` only (a real node's pods reach the host at
+    ``node.HOST_ADDRESS``; loopback is enough for process pods)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     access_key, secret_key = "iclora-" + new_token()[:12], new_token()
     identities = {
@@ -82,8 +85,8 @@ def start_weed(
         weed_binary(),
         "mini",
         f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={ip}",
+        f"-ip.bind={ip}",
         f"-s3.config={config}",
         f"-bucket={','.join(buckets)}",
         "-admin.ui=false",
@@ -98,7 +101,7 @@ def start_weed(
     for i, name in enumerate(names):
         argv += [f"-{name}.port={ports[2 * i]}", f"-{name}.port.grpc={ports[2 * i + 1]}"]
     _, record = procs.start("weed", argv, log_path, die_with_parent=die_with_parent)
-    store = S3Store(f"http://127.0.0.1:{ports[6]}", access_key, secret_key, tuple(buckets))
+    store = S3Store(f"http://{ip}:{ports[6]}", access_key, secret_key, tuple(buckets))
     return store, record
 
 
@@ -113,8 +116,9 @@ def s3_ready(store: S3Store) -> bool:
 class LocalS3:
     """A standalone S3 store with its own state folder (for tests that need S3 but no cluster)."""
 
-    def __init__(self, state_dir: Path, buckets: tuple[str, ...] = DEFAULT_BUCKETS) -> None:
+    def __init__(self, state_dir: Path, buckets: tuple[str, ...] = DEFAULT_BUCKETS, ip: str = "127.0.0.1") -> None:
         self.state_dir = state_dir
+        self.ip = ip
         self.buckets = buckets
         self.store: S3Store | None = None
         self.record: procs.ProcessRecord | None = None
@@ -125,7 +129,7 @@ class LocalS3:
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store, self.record = start_weed(
-            self.state_dir / "data", self.state_dir / "weed.log", self.buckets
+            self.state_dir / "data", self.state_dir / "weed.log", self.buckets, ip=self.ip
         )
         # Same state file shape as a cluster, so a crashed run is reaped the same way.
         (self.state_dir / "state.json").write_text(
