@@ -80,6 +80,16 @@ def render_ctx(nodes=1, gpus=1, labels=None, **profile):
     )
 
 
+def issued_session(access_key="ASIA-run", secret_key="sk", token="tok", expires="2026-12-01T08:00:00+00:00"):
+    """What the operator's STS issuer returns for one run (for the pure renderers' tests)."""
+    from datetime import datetime
+
+    from iclora_operator.access import Session
+
+    return Session(access_key, secret_key, token, datetime.fromisoformat(expires), "http://s3.local:8333",
+                   "us-east-1")
+
+
 def pod_of(job):
     return job["spec"]["template"]["spec"]
 
@@ -202,6 +212,15 @@ SPEC = {"trainingDataUrl": "https://datasets.example.com/triplets.zip", "numberO
 def put_json(s3: Any, key: str, data: dict[str, Any]) -> None:
     raw = json.dumps(data).encode()
     s3.client().put_object(s3.bucket, key, io.BytesIO(raw), len(raw))
+
+
+def dataset_url(s3: Any, key: str, path: Path) -> str:
+    """Upload a dataset zip with the platform's key and hand it to a run the supported way: a
+    presigned URL (a run's own credentials reach only its prefix, docs/user-guide.md)."""
+    from datetime import timedelta
+
+    s3.client().fput_object(s3.bucket, key, str(path))
+    return s3.client().presigned_get_object(s3.bucket, key, expires=timedelta(hours=2))
 
 
 def play_trainer(s3: Any, namespace: str, name: str, uid: str, steps: int = 150) -> dict[str, str]:

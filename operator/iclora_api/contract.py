@@ -69,9 +69,13 @@ AWS_SECRET_ACCESS_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
 # Endpoint URL: http://host:port (no TLS), https://host[:port]; a bare host[:port] means TLS.
 AWS_ENDPOINT_URL_ENV = "AWS_ENDPOINT_URL"
 AWS_REGION_ENV = "AWS_REGION"
-STORE_ENV_NAMES = (AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_ENDPOINT_URL_ENV, AWS_REGION_ENV)
+# The session token of temporary (STS) credentials: the per-run credentials the operator issues.
+AWS_SESSION_TOKEN_ENV = "AWS_SESSION_TOKEN"
+STORE_ENV_NAMES = (AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_ENDPOINT_URL_ENV, AWS_REGION_ENV,
+                   AWS_SESSION_TOKEN_ENV)
 # Prefix of the dataset store's variables (ICLORA_DATASET_AWS_ACCESS_KEY_ID, ...): an s3://
-# trainingDataUrl is read with these, each falling back to the run store's variable.
+# trainingDataUrl (and s3:// validation media) is read with these when the tenant names a
+# `datasetCredentialsSecretRef`; without one, with the run's own (prefix-scoped) credentials.
 DATASET_CREDENTIALS_ENV_PREFIX = "ICLORA_DATASET_"
 
 

@@ -2,6 +2,7 @@
 
     creds = StoreCredentials.from_env()            # AWS_* (the trainer), or built from settings
     client = make_client(creds, TRANSFERS)          # a minio.Minio
+    session = assume_role(platform, policy=doc, duration_seconds=3600)   # STS: scoped, temporary
 
 Endpoints are parsed in one place (`parse_endpoint`): ``http://host:port`` talks plain HTTP,
 ``https://host[:port]`` and a bare ``host[:port]`` talk TLS; a trailing slash is dropped; a path,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -23,6 +25,7 @@ from iclora_api.contract import (
     AWS_ENDPOINT_URL_ENV,
     AWS_REGION_ENV,
     AWS_SECRET_ACCESS_KEY_ENV,
+    AWS_SESSION_TOKEN_ENV,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +80,8 @@ class StoreCredentials:
     access_key: str = ""  # empty: anonymous requests
     secret_key: str = field(default="", repr=False)
     region: str | None = None  # None: minio asks the store
+    # Temporary (STS) credentials carry a session token; empty for a static key.
+    session_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(
@@ -91,7 +96,8 @@ class StoreCredentials:
         region `region`, the keys empty.
         """
         env = os.environ if env is None else env
-        names = (AWS_ENDPOINT_URL_ENV, AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_REGION_ENV)
+        names = (AWS_ENDPOINT_URL_ENV, AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_REGION_ENV,
+                 AWS_SESSION_TOKEN_ENV)
         use = prefix if prefix and any(env.get(prefix + n) for n in names) else ""
 
         def var(name: str) -> str:
@@ -102,7 +108,15 @@ class StoreCredentials:
             access_key=var(AWS_ACCESS_KEY_ID_ENV),
             secret_key=var(AWS_SECRET_ACCESS_KEY_ENV),
             region=var(AWS_REGION_ENV) or region,
+            session_token=var(AWS_SESSION_TOKEN_ENV),
         )
+
+    def env(self) -> dict[str, str]:
+        """The AWS_* variables (a credentials Secret's keys) of these credentials; empty ones left out."""
+        values = {AWS_ACCESS_KEY_ID_ENV: self.access_key, AWS_SECRET_ACCESS_KEY_ENV: self.secret_key,
+                  AWS_SESSION_TOKEN_ENV: self.session_token, AWS_ENDPOINT_URL_ENV: self.endpoint,
+                  AWS_REGION_ENV: self.region or ""}
+        return {k: v for k, v in values.items() if v}
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,80 @@ def make_client(creds: StoreCredentials, policy: HttpPolicy = TRANSFERS) -> Mini
         access_key=creds.access_key or None,
         secret_key=creds.secret_key,
         secure=endpoint.secure,
+        session_token=creds.session_token or None,
         region=creds.region or None,
         http_client=http,
     )
+
+
+@dataclass(frozen=True)
+class TemporaryCredentials:
+    """Credentials an STS session issued, and when they stop working (timezone-aware UTC)."""
+
+    credentials: StoreCredentials
+    expires_at: datetime
+
+
+class AssumeRoleRefused(RuntimeError):
+    """The STS endpoint refused to issue a session (its error code and message say why)."""
+
+
+def assume_role(
+    caller: StoreCredentials,
+    *,
+    policy: str,
+    duration_seconds: int,
+    session_name: str,
+    sts_endpoint: str | None = None,
+    role_arn: str | None = None,
+    store_endpoint: str | None = None,
+    http: HttpPolicy = TRANSFERS,
+) -> TemporaryCredentials:
+    """STS AssumeRole with an inline session policy (`policy`, a JSON document), signed by `caller`.
+
+    The session can do what both the role (or, without `role_arn`, the caller itself: MinIO,
+    SeaweedFS) and `policy` allow, for `duration_seconds` (stores cap it: AWS at the role's
+    MaxSessionDuration, 12 h at most). `sts_endpoint` defaults to the caller's own endpoint (MinIO,
+    Ceph RGW and SeaweedFS answer STS on their S3 port); AWS's is https://sts.<region>.amazonaws.com
+    (signed for the caller's region). The issued credentials talk to `store_endpoint` (default:
+    the caller's).
+    Raises AssumeRoleRefused when the service answers with an error, ValueError for a bad endpoint.
+    """
+    import certifi
+    import urllib3
+    from minio.credentials import AssumeRoleProvider
+
+    endpoint = parse_endpoint(sts_endpoint or caller.endpoint)
+    pool = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=http.connect_timeout, read=http.read_timeout),
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=http.retries, backoff_factor=http.backoff,
+                              status_forcelist=list(http.retry_statuses)),
+    )
+    provider = AssumeRoleProvider(
+        sts_endpoint=endpoint.url + "/",
+        access_key=caller.access_key,
+        secret_key=caller.secret_key,
+        duration_seconds=duration_seconds,
+        policy=policy,
+        region=caller.region or "us-east-1",  # STS signs with a region; AWS's global endpoint is us-east-1's
+        role_arn=role_arn or None,
+        role_session_name=session_name,
+        http_client=pool,
+    )
+    try:
+        issued = provider.retrieve()
+    except ValueError as exc:  # minio: "<endpoint> failed with HTTP status code 403" (or a bad answer)
+        raise AssumeRoleRefused(str(exc)) from None
+    expires = issued.expiration or datetime.now(UTC)
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)  # minio parses STS's UTC timestamp without a zone
+    creds = StoreCredentials(
+        endpoint=store_endpoint or caller.endpoint,
+        access_key=issued.access_key,
+        secret_key=issued.secret_key,
+        region=caller.region,
+        session_token=issued.session_token or "",
+    )
+    return TemporaryCredentials(creds, expires.astimezone(UTC))

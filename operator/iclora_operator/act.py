@@ -17,28 +17,25 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from iclora_api.contract import (
-    AWS_ACCESS_KEY_ID_ENV,
-    AWS_ENDPOINT_URL_ENV,
-    AWS_REGION_ENV,
-    AWS_SECRET_ACCESS_KEY_ENV,
-)
 from iclora_api.v1alpha1 import MaskedICLoraTrainingStatus
 from iclora_operator.adapters.kube import ChildConflict, ChildRejected, NotReadyYet, api_message
-from iclora_operator.adapters.objectstore import ObjectStoreUnavailable
+from iclora_operator.adapters.objectstore import CredentialsNotIssued, ObjectStoreUnavailable
 from iclora_operator.ledger import billing_record, write_once
 from iclora_operator.observe import observe
 from iclora_operator.reconcile.decide import Action, Plan, decide
 from iclora_operator.reconcile.observed import JobState
 from iclora_operator.render import (
     RunContext,
+    model_access,
     model_store_secret,
     render_headless_service,
+    render_model_session_secret,
     render_model_store_secret,
     render_preflight_job,
     render_rank_network_policy,
     render_store_secret,
     render_training_job,
+    run_access,
 )
 from iclora_operator.runtime import Indexes, Memo, RetryLater, observable_key, tick_due
 
@@ -50,13 +47,12 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
     kube = memo.kube
     for action in plan.actions:
         if action == Action.CREATE_PREFLIGHT:
-            if ctx.store_secret == ctx.names.store_secret:
-                cfg = memo.settings.store
-                kube.create(render_store_secret(ctx, cfg.access_key.get_secret_value(),
-                                                cfg.secret_key.get_secret_value()))
+            _issue_store_sessions(memo, ctx)
             kube.create(render_preflight_job(ctx))
         elif action == Action.CREATE_TRAINING:
-            if model_store_secret(ctx) == ctx.names.model_store_secret:
+            # A fresh session for the training (the preflight's may be hours old, e.g. after a queue).
+            _issue_store_sessions(memo, ctx)
+            if model_store_secret(ctx) == ctx.names.model_store_secret and model_access(ctx) is None:
                 kube.create(render_model_store_secret(ctx, _model_store_credentials(memo, ctx)))
             if ctx.profile.nodes > 1:
                 kube.create(render_headless_service(ctx))
@@ -68,6 +64,8 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
                 kube.set_job_suspend(ctx.namespace, ctx.names.training, action == Action.SUSPEND_TRAINING, kueue)
             except NotReadyYet as exc:
                 raise RetryLater(str(exc), delay=2) from exc
+        elif action == Action.RENEW_STORE_CREDENTIALS:
+            _issue_store_sessions(memo, ctx)
         elif action == Action.RECORD_BILLING:
             _record_billing(memo, plan, ctx)
         elif action in (Action.DELETE_PREFLIGHT, Action.DELETE_TRAINING):
@@ -75,6 +73,30 @@ def _act(memo: Memo, plan: Plan, ctx: RunContext, kueue: bool) -> None:
             kube.delete_job(ctx.namespace, job)
         elif action == Action.RESTART_RANKS:
             kube.delete_pods(ctx.namespace, plan.restart_pods)
+
+
+def _issue_store_sessions(memo: Memo, ctx: RunContext) -> None:
+    """Issue the run's scoped store sessions (STS, `iclora_operator.access`) into its Secrets:
+    `<name>-store` (its own prefix; the base model read-only when that is in the platform's store)
+    and, for a run that writes elsewhere, `<name>-model-credentials` (the model, read-only).
+    The platform's key never leaves the operator; without a session nothing is created."""
+    issuer = memo.issuer()
+    ends: list[datetime] = []
+    try:
+        if (access := run_access(ctx)) is not None:
+            issued = issuer.issue(access, ctx.namespace, ctx.uid)
+            memo.kube.apply_secret(render_store_secret(ctx, issued))
+            ends.append(issued.expires_at)
+        if (access := model_access(ctx)) is not None:
+            issued = issuer.issue(access, ctx.namespace, ctx.uid)
+            memo.kube.apply_secret(render_model_session_secret(ctx, issued))
+            ends.append(issued.expires_at)
+    except CredentialsNotIssued as exc:
+        raise RetryLater(f"no store credentials for the run: {exc}", delay=30) from exc
+    if ends:
+        memo.credentials_issued(ctx.uid, min(ends))
+        log.info("%s/%s: scoped store session issued, valid until %s", ctx.namespace, ctx.name,
+                 min(ends).isoformat())
 
 
 def _record_billing(memo: Memo, plan: Plan, ctx: RunContext) -> None:
@@ -92,14 +114,13 @@ def _record_billing(memo: Memo, plan: Plan, ctx: RunContext) -> None:
 
 
 def _model_store_credentials(memo: Memo, ctx: RunContext) -> dict[str, str]:
-    """AWS_* of the profile's model store: its credentials Secret (operator's namespace) or the platform's."""
+    """AWS_* of the profile's model store: its credentials Secret (operator's namespace). Never the
+    platform's key: a model in the platform's store is read with a session (`model_access`)."""
     model = ctx.profile.model
     ref = model.credentials_secret_ref if model else None
     if ref is None:
-        cfg = memo.settings.store
-        return {AWS_ACCESS_KEY_ID_ENV: cfg.access_key.get_secret_value(),
-                AWS_SECRET_ACCESS_KEY_ENV: cfg.secret_key.get_secret_value(),
-                AWS_ENDPOINT_URL_ENV: cfg.endpoint, AWS_REGION_ENV: cfg.region}
+        raise ValueError("the model store's credentials: the profile names no model.credentialsSecretRef "
+                         "(a model in the platform's store is read with the run's scoped session)")
     ns = memo.settings.operator_namespace
     data = memo.kube.secret_data(ns, ref.name)
     if data is None:

@@ -33,12 +33,15 @@ from iclora_operator.adapters.objectstore import Credentials
 from iclora_operator.reconcile.decide import TERMINAL_PHASES
 from iclora_operator.reconcile.observed import JobState, Observed
 from iclora_operator.render import (
+    ANNOTATION_CREDENTIALS_EXPIRE,
     KUEUE_QUEUE_LABEL,
     LABEL_COMPONENT,
     LABEL_TRAINING,
     ChildNames,
     RunContext,
     StoreLocation,
+    model_access,
+    run_access,
 )
 from iclora_operator.runtime import Memo, RetryLater, first_indexed
 
@@ -112,6 +115,33 @@ def _job(memo: Memo, jobs: kopf.Index, namespace: str, name: str, uid: str) -> J
             # A rank's pod failed in a multi-node Job: which of its peers still wait for it (gang restart)?
             state = replace(state, stranded=stranded_pods(pods))
     return state
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def _credentials_due(memo: Memo, ctx: RunContext, *jobs: JobState | None) -> bool:
+    """Whether the run's scoped store sessions need renewing: one of its Jobs may still start pods
+    (active or suspended) and the earliest session ends within `credentials_renew_before_seconds`,
+    or a Secret holding one is gone. The expiry is remembered; the Secrets are read once after a restart."""
+    secrets = [name for name, access in ((ctx.names.store_secret, run_access(ctx)),
+                                         (ctx.names.model_store_secret, model_access(ctx))) if access is not None]
+    if not secrets or not any(j is not None and j.owned and not (j.complete or j.failed) for j in jobs):
+        return False
+    expires = memo.credentials_expire_at(ctx.uid)
+    if expires is None:
+        stamps = [_parse_time(memo.kube.secret_annotation(ctx.namespace, name, ANNOTATION_CREDENTIALS_EXPIRE))
+                  for name in secrets]
+        if any(stamp is None for stamp in stamps):
+            return True  # a Secret is gone (or not ours to read): issue it again
+        expires = min(stamp for stamp in stamps if stamp is not None)
+        memo.credentials_issued(ctx.uid, expires)
+    left = (expires - datetime.now(UTC)).total_seconds()
+    return left < memo.settings.store.credentials_renew_before_seconds
 
 
 def _slot_available(memo: Memo, namespace: str, name: str, created: str, jobs: kopf.Index,
@@ -211,5 +241,6 @@ def observe(memo: Memo, body: kopf.Body, jobs: kopf.Index, profiles: kopf.Index,
         slot = _slot_available(memo, ns, name, meta.get("creationTimestamp") or "", jobs, trainings)
     obs = replace(obs, preflight_job=preflight_job, training_job=training_job, preflight_report=report,
                   progress=progress, result=result, artifacts_verified=verified, slot_available=slot,
-                  kueue_managed=kueue)
+                  kueue_managed=kueue,
+                  store_credentials_due=_credentials_due(memo, ctx, preflight_job, training_job))
     return obs, ctx

@@ -18,6 +18,7 @@ from iclora_api.contract import (
     AWS_ENDPOINT_URL_ENV,
     AWS_REGION_ENV,
     AWS_SECRET_ACCESS_KEY_ENV,
+    AWS_SESSION_TOKEN_ENV,
     DATASET_CREDENTIALS_ENV_PREFIX,
     GPUS_PER_NODE_ENV,
     MASTER_ADDR_ENV,
@@ -40,6 +41,7 @@ from iclora_api.contract import (
 from iclora_api.profile import MODEL_CACHE_MOUNT_PATH, TrainingProfileSpec
 from iclora_api.trainer_settings import SpeedLevers, TrainerSettings
 from iclora_api.v1alpha1 import API_GROUP, API_VERSION, KIND, MaskedICLoraTrainingSpec
+from iclora_operator.access import ReadOnly, RunAccess, Session
 
 LABEL_TRAINING = f"{API_GROUP}/training"
 LABEL_UID = f"{API_GROUP}/training-uid"
@@ -47,6 +49,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "masked-iclora-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# When the scoped session in a credentials Secret ends (RFC 3339, UTC): the operator renews it before.
+ANNOTATION_CREDENTIALS_EXPIRE = f"{API_GROUP}/credentials-expire-at"
 CONTAINER = "trainer"
 RENDEZVOUS_PORT = 29500
 SCRATCH = "/scratch"
@@ -211,16 +215,51 @@ def _metadata(ctx: RunContext, name: str, component: str, extra: dict[str, str] 
     }
 
 
-def render_store_secret(ctx: RunContext, access_key: str, secret_key: str) -> dict[str, Any]:
-    """Credentials of the operator's default store, copied into the tenant's namespace."""
+def owns_store_secret(ctx: RunContext) -> bool:
+    """Whether the run writes to the platform's store with credentials the operator issues
+    (`<name>-store`), rather than to a `spec.output` store with the tenant's own Secret."""
+    return ctx.store_secret == ctx.names.store_secret
+
+
+def _platform_model_reads(ctx: RunContext) -> tuple[ReadOnly, ...]:
+    """The profile's s3:// model sources read with the platform's store access (no credentials Secret of their own)."""
+    model = ctx.profile.model
+    if model is None or not model.fetches_from_s3 or model.credentials_secret_ref is not None:
+        return ()
+    return tuple(ReadOnly.of(uri) for uri in ctx.profile.model_uris() if uri.startswith("s3://"))
+
+
+def run_access(ctx: RunContext) -> RunAccess | None:
+    """What the run's `<name>-store` session may touch: its own prefix, and the base model read-only
+    when that lives in the platform's store. None: the run uses the tenant's own store credentials."""
+    if not owns_store_secret(ctx):
+        return None
+    return RunAccess(ctx.store.bucket, ctx.store.prefix, _platform_model_reads(ctx))
+
+
+def model_access(ctx: RunContext) -> RunAccess | None:
+    """What `<name>-model-credentials` may touch when the operator issues it: the base model in the
+    platform's store, read-only, for a run that writes elsewhere (`spec.output`). None otherwise."""
+    reads = _platform_model_reads(ctx)
+    if not reads or owns_store_secret(ctx):
+        return None
+    return RunAccess(None, None, reads)
+
+
+def render_store_secret(ctx: RunContext, session: Session) -> dict[str, Any]:
+    """The run's own scoped session (`run_access`) in the tenant's namespace, owned by the training:
+    never the platform's key. The annotation says when the operator must renew it."""
+    metadata = _metadata(ctx, ctx.names.store_secret, "store-credentials")
+    metadata["annotations"] = {ANNOTATION_CREDENTIALS_EXPIRE: session.expiry}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(ctx, ctx.names.store_secret, "store-credentials"),
+        "metadata": metadata,
         "type": "Opaque",
         "stringData": {
-            AWS_ACCESS_KEY_ID_ENV: access_key,
-            AWS_SECRET_ACCESS_KEY_ENV: secret_key,
+            AWS_ACCESS_KEY_ID_ENV: session.access_key,
+            AWS_SECRET_ACCESS_KEY_ENV: session.secret_key,
+            AWS_SESSION_TOKEN_ENV: session.session_token,
             AWS_ENDPOINT_URL_ENV: ctx.store.endpoint,
             AWS_REGION_ENV: ctx.store.region,
         },
@@ -231,28 +270,42 @@ def model_store_secret(ctx: RunContext) -> str | None:
     """The Secret the training pods read the s3:// model sources' credentials from (None: no such source).
 
     The profile's `model.credentialsSecretRef` (in the operator's namespace) is copied into
-    `ChildNames.model_store_secret`; without one, the model comes from the platform's store: its
-    per-run copy `<name>-store` when the run writes there too, else `model_store_secret` holding the
-    platform store's credentials (a run with its own `spec.output` has only its own in `<name>-store`).
+    `ChildNames.model_store_secret`; without one, the model comes from the platform's store: the
+    run's own session `<name>-store` reads it when the run writes there too (`run_access`), else
+    `model_store_secret` holds a session that may only read the model (`model_access`).
     """
     model = ctx.profile.model
     if model is None or not model.fetches_from_s3:
         return None
-    if model.credentials_secret_ref is None and ctx.store_secret == ctx.names.store_secret:
+    if model.credentials_secret_ref is None and owns_store_secret(ctx):
         return ctx.names.store_secret
     return ctx.names.model_store_secret
 
 
-def render_model_store_secret(ctx: RunContext, data: dict[str, str]) -> dict[str, Any]:
-    """The model store's credentials (AWS_* keys of `data`) in the training's namespace, owned by it."""
-    keys = (AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_ENDPOINT_URL_ENV, AWS_REGION_ENV)
+def render_model_store_secret(ctx: RunContext, data: dict[str, str], expires_at: str | None = None) -> dict[str, Any]:
+    """The model store's credentials (AWS_* keys of `data`) in the training's namespace, owned by it;
+    `expires_at` (RFC 3339) when they are a session the operator issued and renews."""
+    keys = (AWS_ACCESS_KEY_ID_ENV, AWS_SECRET_ACCESS_KEY_ENV, AWS_SESSION_TOKEN_ENV, AWS_ENDPOINT_URL_ENV,
+            AWS_REGION_ENV)
+    metadata = _metadata(ctx, ctx.names.model_store_secret, "model-store-credentials")
+    if expires_at:
+        metadata["annotations"] = {ANNOTATION_CREDENTIALS_EXPIRE: expires_at}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(ctx, ctx.names.model_store_secret, "model-store-credentials"),
+        "metadata": metadata,
         "type": "Opaque",
         "stringData": {k: data[k] for k in keys if data.get(k)},
     }
+
+
+def render_model_session_secret(ctx: RunContext, session: Session) -> dict[str, Any]:
+    """`<name>-model-credentials` holding the read-only model session (`model_access`): the
+    platform store's endpoint, which a run with its own `spec.output` does not write to."""
+    data = {AWS_ACCESS_KEY_ID_ENV: session.access_key, AWS_SECRET_ACCESS_KEY_ENV: session.secret_key,
+            AWS_SESSION_TOKEN_ENV: session.session_token, AWS_ENDPOINT_URL_ENV: session.endpoint,
+            AWS_REGION_ENV: session.region or ""}
+    return render_model_store_secret(ctx, data, session.expiry)
 
 
 def _model_env(ctx: RunContext) -> list[dict[str, Any]]:
@@ -274,6 +327,7 @@ def _secret_env(secret: str, env_prefix: str = "") -> list[dict[str, Any]]:
         for key, optional in (
             (AWS_ACCESS_KEY_ID_ENV, False),
             (AWS_SECRET_ACCESS_KEY_ENV, False),
+            (AWS_SESSION_TOKEN_ENV, True),  # present in the sessions the operator issues
             (AWS_ENDPOINT_URL_ENV, True),
             (AWS_REGION_ENV, True),
         )
@@ -281,6 +335,8 @@ def _secret_env(secret: str, env_prefix: str = "") -> list[dict[str, Any]]:
 
 
 def _dataset_env(ctx: RunContext) -> list[dict[str, Any]]:
+    """The tenant's own credentials for s3:// dataset and validation URLs (`datasetCredentialsSecretRef`);
+    without them such URLs are read with the run's session, which reaches only the run's prefix."""
     ref = ctx.spec.dataset_credentials_secret_ref
     return _secret_env(ref.name, DATASET_CREDENTIALS_ENV_PREFIX) if ref else []
 
@@ -500,6 +556,8 @@ def render_training_job(ctx: RunContext, suspend: bool) -> dict[str, Any]:
         # Pod 0 of an Indexed Job is reachable as <job>-0.<service> through the headless Service.
         {"name": MASTER_ADDR_ENV, "value": f"{names.training}-0.{names.service}" if nodes > 1 else "127.0.0.1"},
         *_model_env(ctx),
+        # s3:// validation media are read like the dataset: the tenant's Secret, else the run's session.
+        *_dataset_env(ctx),
         # The profile's interconnect settings (NCCL_SOCKET_IFNAME, FI_PROVIDER, ...).
         *({"name": e.name, "value": e.value} for e in p.trainer_env),
     ]

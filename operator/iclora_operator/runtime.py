@@ -17,13 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import kopf
 from pydantic import BaseModel
 
 from iclora_operator.adapters.kube import Kube, job_state
-from iclora_operator.adapters.objectstore import Credentials, ObjectStore
+from iclora_operator.adapters.objectstore import Credentials, ObjectStore, StsIssuer
 from iclora_operator.metrics import Metrics
 from iclora_operator.reconcile.decide import TERMINAL_PHASES
 from iclora_operator.render import ChildNames
@@ -136,6 +137,9 @@ class Memo:
     expected: dict[str, tuple[str, float]] = field(default_factory=dict)
     retry_at: dict[str, float] = field(default_factory=dict)
     warned: dict[str, str] = field(default_factory=dict)
+    # uid -> when the earliest of the run's scoped store sessions ends (as last issued or read).
+    credentials_expiry: dict[str, datetime] = field(default_factory=dict)
+    sts: StsIssuer | None = None
     indexes: Indexes | None = None
     ticker: asyncio.Task[None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -224,6 +228,24 @@ class Memo:
                 self.stores[creds] = ObjectStore(creds)
             return self.stores[creds]
 
+    def issuer(self) -> StsIssuer:
+        """Issues the runs' scoped store sessions, signed with the platform's key (settings.store)."""
+        with self.lock:
+            if self.sts is None:
+                cfg = self.settings.store
+                self.sts = StsIssuer(cfg.operator_credentials(), store_endpoint=cfg.endpoint,
+                                     duration_seconds=cfg.credentials_duration_seconds,
+                                     sts_endpoint=cfg.sts_endpoint, role_arn=cfg.sts_role_arn)
+            return self.sts
+
+    def credentials_issued(self, uid: str, expires_at: datetime) -> None:
+        with self.lock:
+            self.credentials_expiry[uid] = expires_at
+
+    def credentials_expire_at(self, uid: str) -> datetime | None:
+        with self.lock:
+            return self.credentials_expiry.get(uid)
+
     def cached(self, uid: str, key: str, read: Callable[[], dict[str, Any] | None],
                model: type[ModelT], poll_every: float = 0.0) -> ModelT | None:
         """A stage report of one run, read from the store until it exists, then kept.
@@ -254,7 +276,7 @@ class Memo:
                 for key in [k for k in table if k[0] == uid]:
                     del table[key]
             for per_uid in (self.last_reconciled, self.bodies, self.object_locks, self.expected, self.retry_at,
-                            self.warned):
+                            self.warned, self.credentials_expiry):
                 per_uid.pop(uid, None)
 
     def namespace_lock(self, namespace: str) -> threading.Lock:

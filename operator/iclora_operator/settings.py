@@ -5,7 +5,7 @@ Helm values become these variables; nothing else configures the operator.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from iclora_api.objectstore import StoreCredentials
@@ -28,6 +28,48 @@ class StoreSettings(BaseSettings):
     region: str = "us-east-1"
     access_key: SecretStr = SecretStr("")
     secret_key: SecretStr = SecretStr("")
+    # Runs never get the key above: the operator asks the store's STS for a session per run,
+    # limited to the run's prefix by an inline session policy (iclora_operator.access).
+    sts_endpoint: str | None = Field(
+        default=None,
+        description="STS endpoint the operator asks for each run's scoped session (AssumeRole). Unset: the "
+        "store's own endpoint as the operator sees it (MinIO, Ceph RGW, SeaweedFS); AWS: "
+        "https://sts.<region>.amazonaws.com (signed for `region`).",
+    )
+    sts_role_arn: str | None = Field(
+        default=None,
+        description="Role the sessions assume (AWS and Ceph RGW: required; a role whose policy allows the "
+        "bucket and whose trust policy lets the operator's key assume it). Unset: the operator's own "
+        "identity is the session's base (MinIO, SeaweedFS).",
+    )
+    credentials_duration_seconds: int = Field(
+        default=43200, ge=3600, le=43200,
+        description="Lifetime asked for each run's session, 1-12 h (AWS caps it at the role's MaxSessionDuration). "
+        "One pod can use the store for at most this long; the operator renews the Secret before it ends.",
+    )
+    credentials_renew_before_seconds: int = Field(
+        default=1800, ge=60,
+        description="Renew a running training's credentials Secret when less than this is left of its session.",
+    )
+
+    @model_validator(mode="after")
+    def _ledger_outside_the_runs(self) -> StoreSettings:
+        """Runs' sessions reach their own prefix: the ledger must lie outside every one of them."""
+        runs, ledger = self.prefix.strip("/"), self.ledger_prefix.strip("/")
+        if not ledger or (runs and (ledger == runs or ledger.startswith(runs + "/") or runs.startswith(ledger + "/"))):
+            raise ValueError(
+                f"store.ledgerPrefix ({self.ledger_prefix!r}) must be non-empty and neither inside nor around "
+                f"store.prefix ({self.prefix!r}): runs get write access under store.prefix, never to the ledger")
+        return self
+
+    @model_validator(mode="after")
+    def _renewal_fits_the_session(self) -> StoreSettings:
+        if self.credentials_renew_before_seconds >= self.credentials_duration_seconds:
+            raise ValueError(
+                f"store.credentialsRenewBeforeSeconds ({self.credentials_renew_before_seconds}) must be less than "
+                f"store.credentialsDurationSeconds ({self.credentials_duration_seconds}): a session would be "
+                "renewed as soon as it is issued")
+        return self
 
     @property
     def endpoint_for_operator(self) -> str:

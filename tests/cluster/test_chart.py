@@ -248,6 +248,7 @@ def test_the_default_profiles_pods_mount_what_it_says_server_side_dry_run(local_
         render_store_secret,
         render_training_job,
     )
+    from tests.helpers import issued_session
 
     docs = _template(local_cluster, "dp", k8s_namespace)
     profile_doc = next(d for d in docs if d["kind"] == "TrainingProfile")
@@ -256,7 +257,7 @@ def test_the_default_profiles_pods_mount_what_it_says_server_side_dry_run(local_
                      profile=profile, store=StoreLocation("https://s3.example.com", "iclora", "runs/x"),
                      store_secret="t-store", labels={})
     core, batch = client.CoreV1Api(k8s_api), client.BatchV1Api(k8s_api)
-    core.create_namespaced_secret(k8s_namespace, render_store_secret(ctx, "k", "s"), dry_run="All")
+    core.create_namespaced_secret(k8s_namespace, render_store_secret(ctx, issued_session()), dry_run="All")
     want = profile_doc["spec"]["volumes"][0]
     for job, cache_mounted in ((render_training_job(ctx, suspend=False), True), (render_preflight_job(ctx), False)):
         created = batch.create_namespaced_job(k8s_namespace, job, dry_run="All")  # the API server's validation

@@ -12,7 +12,7 @@ from iclora_dev.demo.run import demo_manifest
 from iclora_dev.localcluster.nodes import LOCAL_RUNNER_LABEL, LOCAL_RUNNER_TOLERATION
 from iclora_dev.pytest_plugin import wait_for
 from iclora_dev.synthetic import write_dataset_zip
-from tests.helpers import completed_checkpoints, run_progress_step
+from tests.helpers import completed_checkpoints, dataset_url, run_progress_step
 
 pytestmark = [pytest.mark.cluster, pytest.mark.trainer, pytest.mark.slow]
 
@@ -31,9 +31,9 @@ def test_suspend_between_checkpoints_resumes_at_the_step_it_stopped(trainings, o
         preflightNodeSelector=placement["nodeSelector"], preflightTolerations=placement["tolerations"],
         **placement,
     )
-    key = f"datasets/{trainings.namespace}-preempt.zip"
-    s3_store.client().fput_object(s3_store.bucket, key, str(write_dataset_zip(tmp_path / "d.zip", triplets=2)))
-    manifest = demo_manifest(f"s3://{s3_store.bucket}/{key}", None, steps=STEPS)
+    url = dataset_url(s3_store, f"datasets/{trainings.namespace}-preempt.zip",
+                      write_dataset_zip(tmp_path / "d.zip", triplets=2))
+    manifest = demo_manifest(url, None, steps=STEPS)
     spec = {**manifest["spec"], "profileRef": {"name": profile}}
     spec.pop("datasetCredentialsSecretRef", None)
     operator_factory([trainings.namespace])

@@ -84,7 +84,8 @@ def test_two_rank_deepspeed_matches_single_process(tmp_path, tiny_checkpoint, pr
             _cmd(
                 spec, prepared_dataset, tmp_path / "dp", tiny_checkpoint, tmp_path / "dp-work", 1, "deepspeed"
             ),
-            env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                     TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions")),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -93,6 +94,9 @@ def test_two_rank_deepspeed_matches_single_process(tmp_path, tiny_checkpoint, pr
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    # No op was compiled: DeepSpeed's CPU shared-memory allreduce is a g++ build of torch's headers
+    # in every fresh container (minutes, ~1 GiB: a training pod's memory limit killed it).
+    assert not list((tmp_path / "extensions").glob("*/*")), list((tmp_path / "extensions").glob("*/*"))
     single = subprocess.run(
         _cmd(spec, prepared_dataset, tmp_path / "one", tiny_checkpoint, tmp_path / "one-work", 2, "torch"),
         env=_env(),
@@ -141,7 +145,8 @@ def test_one_rank_deepspeed_runs_without_a_launcher(tmp_path, tiny_checkpoint, p
                                 "rank": 8}))
     env = {k: v for k, v in _env().items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
     env.update(JOB_COMPLETION_INDEX="0", ICLORA_NNODES="1", ICLORA_GPUS_PER_NODE="1",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
     proc = subprocess.run(
         _cmd(spec, prepared_dataset, tmp_path / "out", tiny_checkpoint, tmp_path / "work", 1, "deepspeed"),
         env=env,
@@ -153,6 +158,7 @@ def test_one_rank_deepspeed_runs_without_a_launcher(tmp_path, tiny_checkpoint, p
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["status"] == "Succeeded" and result["steps"] == 4
     assert (tmp_path / "out" / "artifacts" / "lora.safetensors").exists()
+    assert not list((tmp_path / "extensions").glob("*/*")), "an op was compiled at run time"
 
 
 def test_closed_deepspeed_engine_lets_its_model_go():

@@ -85,6 +85,7 @@ def _build_context(image: str, dest):
                 shutil.copytree(origin, dest / target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             else:
                 shutil.copy(origin, dest / origin.name)
+    (dest / "README.md").touch()  # as the Dockerfiles do: pyproject's readme, left empty in images
     return dest
 
 

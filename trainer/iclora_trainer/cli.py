@@ -133,7 +133,7 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
     from iclora_api.documents import read_document
     from iclora_api.trainer_settings import load_settings
     from iclora_api.validation import spec_from_document, validate_spec
-    from iclora_trainer.distributed import dist_env, export_torch_env
+    from iclora_trainer.distributed import dist_env, export_torch_env, skip_cpu_shared_memory_allreduce
     from iclora_trainer.errors import ScratchError, SpecError, TrainerError
     from iclora_trainer.loop import TrainingPlan, train
     from iclora_trainer.model.provision import provision_settings
@@ -211,6 +211,8 @@ def _train(args: argparse.Namespace, stop: Any = None) -> Any:
         import torch
 
         export_torch_env(dist)
+        if not torch.cuda.is_available():
+            skip_cpu_shared_memory_allreduce()
         # Bounded by the profile, whatever the backend: a collective that a lost rank never joins
         # fails after this, every rank exits and the Job restarts the gang from the last checkpoint.
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",

@@ -94,6 +94,23 @@ OMP_NUM_THREADS_ENV = "OMP_NUM_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def skip_cpu_shared_memory_allreduce() -> None:
+    """Keep DeepSpeed from building its CPU shared-memory allreduce (call before its comm starts).
+
+    On the CPU accelerator DeepSpeed's comm backend JIT-compiles a C++ op, `deepspeed_shm_comm`,
+    the first time it starts (deepspeed/comm/torch.py, `build_shm_op`), unless the op is marked
+    incompatible in `deepspeed.ops.__compatible_ops__`. In a fresh container that is a g++ build of
+    torch's headers in every pod: minutes of CPU and about 1 GiB, which a 3 GiB training pod's
+    memory limit did not survive (tests/cluster/test_containers.py found it). Only DeepSpeed's
+    inference all-reduce uses the op; training on CPU all-reduces through gloo. GPU runs never
+    build it (it belongs to the CPU accelerator).
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def _cgroup_path(proc_self_cgroup: Path) -> str | None:
     """This process's cgroup v2 path ("0::/kubepods/..."), None where it is not listed."""
     try:

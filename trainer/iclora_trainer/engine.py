@@ -126,8 +126,10 @@ def _one_rank_group(device: torch.device) -> None:
     and, not finding them, for MPI, and fails; it also reads LOCAL_RANK itself. An
     in-memory store needs no port.
     """
-    from iclora_trainer.distributed import dist_env, export_torch_env
+    from iclora_trainer.distributed import dist_env, export_torch_env, skip_cpu_shared_memory_allreduce
 
+    if device.type != "cuda":
+        skip_cpu_shared_memory_allreduce()
     if torch.distributed.is_initialized():
         return
     dist = dist_env()

@@ -272,8 +272,9 @@ def prepare_validation(
         d = work_dir / f"entry{i}"
         d.mkdir(parents=True, exist_ok=True)
         fetched = []
-        for url, sub in ((e.video_url, "video"), (e.mask_url, "mask"), (e.reference_video_url, "ref")):
-            fetched.append(validation_media.fetch(url, d / sub))
+        for url, sub, name in ((e.video_url, "video", "videoUrl"), (e.mask_url, "mask", "maskUrl"),
+                               (e.reference_video_url, "ref", "referenceVideoUrl")):
+            fetched.append(validation_media.fetch(url, d / sub, f"spec.validation[{i}].{name}"))
             beat()
         paths = (fetched[0], fetched[1], fetched[2])
         out.append(

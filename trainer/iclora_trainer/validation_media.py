@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 
-def fetch(url: str, directory: Path) -> Path:
+def fetch(url: str, directory: Path, field: str = "validation media") -> Path:
     """A local file for `url`: the user names these URLs, so they go through the same guarded
-    fetcher as the dataset (SSRF guard, timeouts, size limit); local paths are used as they are."""
+    fetcher as the dataset (SSRF guard, timeouts, size limit, the same credentials rule); local
+    paths are used as they are. `field` names the URL's field in errors."""
     from urllib.parse import urlsplit
 
     from iclora_trainer.dataset.fetch import fetch_dataset
 
     name = Path(urlsplit(url).path).name or "media"
-    return fetch_dataset(url, directory / name)
+    return fetch_dataset(url, directory / name, field=field)
 
 
 def load_fitted(path: Path, frames: int, fps: float, width: int, height: int, *, mask: bool = False) -> np.ndarray:

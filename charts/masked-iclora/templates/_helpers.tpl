@@ -48,10 +48,11 @@ app.kubernetes.io/component: operator
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create"]
-# Application: store credentials copied for each run; a tenant's output credentials are read.
+# Application: each run's scoped store session (<name>-store, <name>-model-credentials), created and
+# renewed (update) before it expires; a tenant's output credentials are read.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "update"]
 # Framework: Events on the trainings (kopf and our own reasons).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

@@ -24,15 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", help="cluster state folder (default ~/.cache/masked-iclora/clusters/demo)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the training")
     parser.add_argument(
-        "--node-runtime", choices=("containers", "processes"), default="processes",
+        "--node-runtime", choices=("containers", "processes"), default=None,
         help="run the pods as real containers from the product's images on a kubelet + containerd node "
         "(needs root; the first run builds the images, minutes) or as processes of this machine "
-        "(default: %(default)s)",
+        "(default: containers as root, else processes)",
     )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from iclora_dev.demo.run import run_demo
 
+    if args.node_runtime is None:
+        args.node_runtime = "containers" if os.geteuid() == 0 else "processes"
     return run_demo(args)

@@ -166,11 +166,19 @@ def build(names: Iterable[str] = DEFAULT_COMPONENTS, force: bool = False) -> dic
     return timings
 
 
+def _go_binary(env: dict[str, str]) -> str:
+    """The Go toolchain: on PATH, or where its installers put it (a caller's PATH may be minimal)."""
+    found = shutil.which("go", path=os.pathsep.join([env.get("PATH", ""), "/usr/local/go/bin", "/usr/lib/go/bin"]))
+    if found is None:
+        raise RuntimeError("the Go toolchain (`go`) is not installed: https://go.dev/doc/install")
+    return found
+
+
 def _go(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
     cwd.mkdir(parents=True, exist_ok=True)
     env = go_env()
     env.update(extra_env or {})
-    proc = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run([_go_binary(env), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"go {' '.join(args)} failed in {cwd}:\n{proc.stderr[-4000:]}")
     return proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -49,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--node-runtime",
         choices=("containers", "processes"),
-        default="containers",
+        default=None,
         help="how the local node runs pods: real containers from the product's images (kubelet + "
-        "containerd; needs root) or processes of this machine (the pod runner) (default: %(default)s)",
+        "containerd; needs root) or processes of this machine (the pod runner) (default: containers "
+        "as root, else processes)",
     )
     up.add_argument("--no-s3", action="store_true")
     up.add_argument("--bucket", action="append", help="bucket to create (repeatable; default: iclora)")
@@ -109,6 +111,8 @@ def _up(args: argparse.Namespace) -> int:
     from iclora_dev.localcluster.cluster import ClusterConfig, LocalCluster
 
     _logging()
+    if args.node_runtime is None:
+        args.node_runtime = "containers" if os.geteuid() == 0 else "processes"
     if not args.no_build:
         # One command for a newcomer: the first `up` on a machine builds what is missing (minutes).
         binaries.build(["k8s", "etcd", "kwok", *(["kueue"] if args.kueue else []),

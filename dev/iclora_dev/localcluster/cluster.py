@@ -185,6 +185,8 @@ class LocalCluster:
                 "--log-level=warn",
             ],
         )
+        if self._containers:
+            node.check_host()  # before anything touches the host's network
         if cfg.s3:
             self.s3, record = start_weed(
                 data / "s3", self.logs_dir / "weed.log", cfg.buckets, cfg.die_with_parent,
@@ -551,6 +553,14 @@ def stop_recorded(state_dir: Path, extra: list[procs.ProcessRecord] | None = Non
                 if (p["pid"], p["start_time"]) not in known
             ]
     records.sort(key=lambda r: _STOP_ORDER.index(r.name) if r.name in _STOP_ORDER else -1)
+    slot = node.slot_of(state_dir)
+    if slot is not None:
+        # The kubelet first (it would restart what is drained), then every pod through containerd
+        # while it still runs: CNI DEL frees each pod's address, veth and rules.
+        for record in records:
+            if record.name == "kubelet":
+                record.stop()
+        node.drain(slot)
     for record in records:
         if record.alive():
             log.info("stopping %s (pid %d)", record.name, record.pid)
@@ -560,7 +570,6 @@ def stop_recorded(state_dir: Path, extra: list[procs.ProcessRecord] | None = Non
         with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
             procs.ProcessRecord(**json.loads(pid_file.read_text())).stop(grace=1.0)
     # The real node's containers (their shims outlive containerd), mounts, bridge and slot.
-    slot = node.slot_of(state_dir)
     if slot is not None:
         node.cleanup(slot)
     node.unmount_under([state_dir / "node"])

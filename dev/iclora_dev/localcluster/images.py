@@ -1,6 +1,6 @@
 """The product's container images, built here without a registry, and the real node's image store.
 
-Three images, each cached by the hash of its inputs (a warm call costs seconds):
+Four images, each cached by the hash of its inputs (a warm call costs seconds):
 
 - ``localhost/iclora-base:bookworm``: a Debian 12 root filesystem from Debian's packages
   (``debootstrap --variant=minbase``), committed with buildah; the ``BASE_IMAGE`` of the project's
@@ -11,6 +11,8 @@ Three images, each cached by the hash of its inputs (a warm call costs seconds):
   ``trainer/Dockerfile`` built by ``buildah build`` with ``PYTHON=python3.11`` and this base, torch
   from PyPI as in production. Its dependency layer depends only on pyproject.toml and
   constraints.txt, so a code change rebuilds the last, small layer.
+- the operator image (``ghcr.io/masked-iclora/operator:<version>``): ``operator/Dockerfile`` on the
+  same base (Debian's python3 instead of python:3.11-slim's).
 
 The node's containerd image store is built once per set of images (a *golden* root, loaded with
 ``ctr images import``) and each cluster's node gets a copy made of hard links
@@ -47,6 +49,7 @@ DEBIAN_MIRROR = os.environ.get("ICLORA_DEBIAN_MIRROR", "http://deb.debian.org/de
 BASE_IMAGE = f"localhost/iclora-base:{DEBIAN_SUITE}"
 PAUSE_IMAGE = "localhost/pause:iclora"
 TRAINER_IMAGE = "ghcr.io/masked-iclora/trainer:0.1.0"
+OPERATOR_IMAGE = "ghcr.io/masked-iclora/operator:0.1.0"
 PYTHON = "python3.11"  # Debian 12's Python
 KEY_LABEL = "dev.iclora.inputs"
 # The host's CA bundle, mounted into builds for hosts whose egress re-signs TLS (PIP_CERT).
@@ -188,47 +191,64 @@ def build_pause() -> str:
 
 
 def trainer_inputs() -> list[Path]:
-    return [REPO_ROOT / p for p in ("trainer/Dockerfile", "pyproject.toml", "README.md", "constraints.txt",
+    return [REPO_ROOT / p for p in ("trainer/Dockerfile", "pyproject.toml", "constraints.txt",
                                     "operator/iclora_api", "operator/iclora_operator", "trainer/iclora_trainer")]
+
+
+def operator_inputs() -> list[Path]:
+    return [REPO_ROOT / "operator" / "Dockerfile", *trainer_inputs()[1:]]
 
 
 def build_trainer(base: str) -> str:
     """``trainer/Dockerfile`` on the Debian base; the image keeps its production name."""
-    key = _hash([image_id(base), *_tree_bytes(trainer_inputs())])
-    with _lock("trainer"):
-        if _label(TRAINER_IMAGE) == key:
-            return TRAINER_IMAGE
+    return _build_dockerfile("trainer", TRAINER_IMAGE, trainer_inputs(), base, {"PYTHON": PYTHON})
+
+
+def build_operator(base: str) -> str:
+    """``operator/Dockerfile`` on the Debian base (its default base, python:3.11-slim, is Docker Hub's)."""
+    return _build_dockerfile("operator", OPERATOR_IMAGE, operator_inputs(), base, {})
+
+
+def _build_dockerfile(component: str, image: str, inputs: list[Path], base: str, args: dict[str, str]) -> str:
+    key = _hash([image_id(base), *_tree_bytes(inputs)])
+    with _lock(component):
+        if _label(image) == key:
+            return image
         t0 = time.monotonic()
-        logp = images_root() / "trainer-build.log"
-        args = ["build", "--layers", "--isolation", "chroot", "--network", "host",
-                "-f", str(REPO_ROOT / "trainer" / "Dockerfile"),
-                "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"PYTHON={PYTHON}",
-                "--label", f"{KEY_LABEL}={key}", "-t", TRAINER_IMAGE]
+        logp = images_root() / f"{component}-build.log"
+        argv = ["build", "--layers", "--isolation", "chroot", "--network", "host",
+                "-f", str(REPO_ROOT / component / "Dockerfile"), "--build-arg", f"BASE_IMAGE={base}",
+                "--label", f"{KEY_LABEL}={key}", "-t", image]
+        for name, value in args.items():
+            argv += ["--build-arg", f"{name}={value}"]
         if HOST_CA_BUNDLE.is_file():
-            args += ["--volume", f"{HOST_CA_BUNDLE}:/run/build-ca.crt:ro", "--build-arg", "PIP_CERT=/run/build-ca.crt"]
+            argv += ["--volume", f"{HOST_CA_BUNDLE}:/run/build-ca.crt:ro", "--build-arg", "PIP_CERT=/run/build-ca.crt"]
         if os.environ.get("PIP_INDEX_URL"):
-            args += ["--build-arg", f"PIP_INDEX_URL={os.environ['PIP_INDEX_URL']}"]
-        _buildah(*args, str(REPO_ROOT), log_path=logp)
-        log.info("built %s in %.0f s (log %s)", TRAINER_IMAGE, time.monotonic() - t0, logp)
-        return TRAINER_IMAGE
+            argv += ["--build-arg", f"PIP_INDEX_URL={os.environ['PIP_INDEX_URL']}"]
+        _buildah(*argv, str(REPO_ROOT), log_path=logp)
+        log.info("built %s in %.0f s (log %s)", image, time.monotonic() - t0, logp)
+        return image
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSet:
     pause: str
     trainer: str
+    operator: str
     ids: tuple[str, ...]
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (self.pause, self.trainer)
+        return (self.pause, self.trainer, self.operator)
 
 
 def build_all() -> ImageSet:
     base = build_base()
     pause = build_pause()
     trainer = build_trainer(base)
-    return ImageSet(pause=pause, trainer=trainer, ids=(image_id(pause), image_id(trainer)))
+    operator = build_operator(base)
+    return ImageSet(pause=pause, trainer=trainer, operator=operator,
+                    ids=(image_id(pause), image_id(trainer), image_id(operator)))
 
 
 # -- the node's image store -------------------------------------------------------------------------
@@ -244,15 +264,23 @@ def golden_root(images: ImageSet) -> Path:
         shutil.rmtree(golden, ignore_errors=True)
         parent = golden.parent
         parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.iterdir():  # older image sets: their layers are in the new one or gone
-            shutil.rmtree(stale, ignore_errors=True)
+        older = [p for p in parent.iterdir() if (p / ".complete").exists()]
+        if older:
+            # Start from the previous image set: the snapshots of unchanged layers (the several-GiB
+            # dependency layer after a code change) exist already, so only new layers are unpacked.
+            _clone(max(older, key=lambda p: (p / ".complete").stat().st_mtime), golden)
+            (golden / ".complete").unlink(missing_ok=True)
+        for stale in parent.iterdir():  # older image sets (nodes keep their hard links)
+            if stale != golden:
+                shutil.rmtree(stale, ignore_errors=True)
         t0 = time.monotonic()
         bins = binaries.require_binaries(("containerd", "ctr"))
         run = Path(tempfile.mkdtemp(prefix="iclora-ctrd-", dir="/run"))
         sock = run / "c.sock"
         config = run / "config.toml"
         config.write_text(f'version = 3\nroot = "{golden}"\nstate = "{run / "state"}"\n'
-                          f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
+                          f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+                          "[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n")
         _, record = procs.start("containerd-import", [str(bins["containerd"]), "--config", str(config)],
                                    images_root() / "containerd-import.log")
         try:
@@ -292,12 +320,28 @@ def node_root(slot: int) -> Path:
     return images_root() / "node-roots" / str(slot)
 
 
+# The files of a containerd root that are written in place: its metadata databases (real copies
+# in a clone) and its identity (a new one per node).
+_MUTABLE_FILES = ("io.containerd.metadata.v1.bolt/meta.db", "io.containerd.snapshotter.v1.overlayfs/metadata.db")
+_IDENTITY_FILE = "io.containerd.grpc.v1.introspection/uuid"
+
+
 def clone_image_root(golden: Path, dest: Path) -> None:
-    """Copy a containerd root as hard links (layers are immutable); its databases as real copies."""
+    """Copy a containerd root as hard links (image snapshots are never written: each container
+    gets its own upper layer) with real copies of its databases. Under the golden lock, so a start
+    with another image set cannot delete the source mid-copy."""
+    with _lock("golden"):
+        _clone(golden, dest)
+
+
+def _clone(src: Path, dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-al", str(golden), str(dest)], check=True)
-    for db in dest.rglob("*.db"):
-        data = db.read_bytes()
-        db.unlink()
-        db.write_bytes(data)
+    subprocess.run(["cp", "-al", str(src), str(dest)], check=True)
+    for name in _MUTABLE_FILES:
+        linked = dest / name
+        if linked.exists():
+            copy = linked.with_name(linked.name + ".copy")
+            shutil.copy2(linked, copy)
+            copy.replace(linked)
+    (dest / _IDENTITY_FILE).unlink(missing_ok=True)

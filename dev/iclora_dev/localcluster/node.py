@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,6 +40,7 @@ from iclora_dev.localcluster import binaries, nodes, procs
 log = logging.getLogger(__name__)
 
 RUN_ROOT = Path("/run/iclora-node")
+KUBELET_ROOT = Path("/var/lib/iclora-node")
 MAX_SLOTS = 32
 CLUSTER_DOMAIN = "cluster.local"
 # The host's address as every pod sees it (a /32 on the loopback device, reachable from every
@@ -86,6 +89,11 @@ class Slot:
     def socket(self) -> Path:
         return self.run_dir / "containerd.sock"
 
+    @property
+    def kubelet_dir(self) -> Path:
+        """The kubelet's root (pod volumes: on disk, and a short path: its sockets live there)."""
+        return KUBELET_ROOT / str(self.index)
+
 
 def _path(path: str | None = None) -> str:
     """PATH with the system folders a root tool lives in (ip, iptables: the CNI plugins call them)."""
@@ -121,40 +129,88 @@ def ensure_host_address() -> str:
     """Put HOST_ADDRESS on the loopback device (idempotent; a /32 there is a local address that
     packets from every bridge reach, and needs no dummy-link kernel module); return it."""
     if f" {HOST_ADDRESS}/32 " not in _sh("ip", "-o", "addr", "show", "dev", "lo").stdout:
-        _sh("ip", "addr", "add", f"{HOST_ADDRESS}/32", "dev", "lo", "label", HOST_LABEL)
+        added = _sh("ip", "addr", "add", f"{HOST_ADDRESS}/32", "dev", "lo", "label", HOST_LABEL, check=False)
+        if added.returncode != 0 and f" {HOST_ADDRESS}/32 " not in _sh("ip", "-o", "addr", "show", "dev", "lo").stdout:
+            raise NodeUnavailable(f"cannot add {HOST_ADDRESS} to lo: {added.stderr.strip()}")
     return HOST_ADDRESS
 
 
-def claim_slot(owner: Path) -> Slot:
-    """Claim a free slot for the cluster in ``owner`` (a state dir); stale slots are reclaimed."""
+@contextlib.contextmanager
+def _slots_locked():
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    for index in range(MAX_SLOTS):
-        slot = Slot(index)
-        try:
-            slot.run_dir.mkdir()
-        except FileExistsError:
-            recorded = slot.run_dir / "owner"
-            with contextlib.suppress(OSError):
-                other = Path(recorded.read_text().strip())
-                if (other / "state.json").exists():
-                    continue  # a live (or not yet reaped) cluster
-            cleanup(slot)
-            try:
-                slot.run_dir.mkdir()
-            except FileExistsError:
-                continue
-        (slot.run_dir / "owner").write_text(str(owner))
-        return slot
+    with open(RUN_ROOT / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _slot_live(slot: Slot) -> bool:
+    """A slot is in use while its owner's state file records a live process."""
+    try:
+        owner = Path((slot.run_dir / "owner").read_text().strip())
+        state = json.loads((owner / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(procs.ProcessRecord(**p).alive() for p in state.get("processes", []))
+
+
+def claim_slot(owner: Path) -> Slot:
+    """Claim a free slot for the cluster in ``owner`` (a state dir); stale slots are reclaimed.
+
+    Under a machine-wide lock, and published by one rename, so two clusters starting together
+    never share a slot and a half-claimed slot is never taken for a stale one."""
+    with _slots_locked():
+        _save_host_settings()
+        for index in range(MAX_SLOTS):
+            slot = Slot(index)
+            if slot.run_dir.exists():
+                if _slot_live(slot):
+                    continue
+                cleanup(slot, locked=True)
+            tmp = RUN_ROOT / f".claim-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            (tmp / "owner").write_text(str(owner))
+            (tmp / "cache").write_text(str(binaries.cache_root()))
+            tmp.rename(slot.run_dir)
+            return slot
     raise NodeUnavailable(f"all {MAX_SLOTS} node slots under {RUN_ROOT} are taken")
+
+
+# Kernel settings the kubelet changes on start (KernelTunableModify: vm.overcommit_memory,
+# vm.panic_on_oom, kernel.panic, kernel.panic_on_oops, kernel.keys.*) and ip_forward: saved before
+# the first slot, restored when the last one goes.
+_HOST_SETTINGS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+                  "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward")
+
+
+def _save_host_settings() -> None:
+    saved = RUN_ROOT / "host-settings.json"
+    if saved.exists() or any(p.name.isdigit() for p in RUN_ROOT.iterdir()):
+        return
+    values = {}
+    for key in _HOST_SETTINGS:
+        with contextlib.suppress(OSError):
+            values[key] = (Path("/proc/sys") / key).read_text().strip()
+    saved.write_text(json.dumps(values))
+
+
+def _restore_host_settings() -> None:
+    saved = RUN_ROOT / "host-settings.json"
+    if not saved.exists() or any(p.name.isdigit() for p in RUN_ROOT.iterdir()):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        for key, value in json.loads(saved.read_text()).items():
+            with contextlib.suppress(OSError):
+                (Path("/proc/sys") / key).write_text(value)
+    saved.unlink(missing_ok=True)
 
 
 def _cgroup_hierarchies() -> list[Path]:
     """Where the slot's cgroup root must exist: each v1 controller mount, or the v2 root."""
-    mounts = Path("/proc/self/mounts").read_text().splitlines()
-    v1 = [Path(m.split()[1]) for m in mounts if m.split()[2] == "cgroup"]
-    if v1:
-        return v1
-    return [Path(m.split()[1]) for m in mounts if m.split()[2] == "cgroup2"][:1]
+    mounts = [m.split() for m in Path("/proc/self/mounts").read_text().splitlines()]
+    # Every v1 controller, and the v2 tree (pure v2, or the `unified` one of a hybrid host: runc
+    # creates each container's cgroup there too).
+    return [Path(m[1]) for m in mounts if m[2] in ("cgroup", "cgroup2")]
 
 
 def _prepare_cgroups(slot: Slot) -> None:
@@ -166,10 +222,11 @@ def _prepare_cgroups(slot: Slot) -> None:
             if parent.exists() and child.exists() and not child.read_text().strip():
                 child.write_text(parent.read_text())
         if (base / "cgroup.subtree_control").exists() and base.name != "unified":
-            # v2: hand the controllers down to the slot's subtree.
-            wanted = (base / "cgroup.controllers").read_text().split()
-            with contextlib.suppress(OSError):
-                (path / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+            # v2: hand each controller down to the slot's subtree (one at a time: a controller the
+            # parent does not delegate must not fail the others).
+            for controller in (path / "cgroup.controllers").read_text().split():
+                with contextlib.suppress(OSError):
+                    (path / "cgroup.subtree_control").write_text(f"+{controller}")
 
 
 def _has_cap(cap: int) -> bool:
@@ -194,8 +251,12 @@ state = "{slot.run_dir / 'containerd'}"
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{sandbox_image}"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
 [plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = {restrict}
+  # Pod network namespaces under the slot's state (not /var/run/netns): `cleanup` unmounts them.
+  netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = {cni_bins}
     conf_dir = "{slot.run_dir / 'cni'}"
@@ -232,7 +293,8 @@ def cni_config(slot: Slot) -> dict[str, Any]:
     }
 
 
-def kubelet_config(slot: Slot, ports: tuple[int, int], ca_crt: Path, resolv_conf: Path) -> dict[str, Any]:
+def kubelet_config(slot: Slot, ports: tuple[int, int], ca_crt: Path, resolv_conf: Path,
+                   pod_logs: Path) -> dict[str, Any]:
     port, healthz = ports
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -257,6 +319,8 @@ def kubelet_config(slot: Slot, ports: tuple[int, int], ca_crt: Path, resolv_conf
         "clusterDNS": [slot.gateway],
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(resolv_conf),
+        # Its own log folder: kubelets sharing /var/log/pods delete each other's pods' logs.
+        "podLogsDir": str(pod_logs),
         # Never evict for this shared machine's disk or memory: the tests decide what runs.
         "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%",
                          "nodefs.inodesFree": "0%", "imagefs.inodesFree": "0%"},
@@ -281,6 +345,7 @@ def corefile(slot: Slot, kubeconfig: Path) -> str:
         fallthrough in-addr.arpa
         ttl 5
     }}
+    forward . /etc/resolv.conf
     cache 5
 }}
 .:53 {{
@@ -318,6 +383,9 @@ def prepare(
     bins = binaries.require_binaries(("kubelet", "containerd", "containerd-shim-runc-v2", "runc", "coredns"))
     work = state_dir / "node"
     work.mkdir(parents=True, exist_ok=True)
+    # A kubelet root left by a machine restart (/run emptied, /var/lib kept) holds other pods.
+    unmount_under([slot.kubelet_dir])
+    shutil.rmtree(slot.kubelet_dir, ignore_errors=True)
     for sub in ("cni", "ipam", "containerd", "runc"):
         (slot.run_dir / sub).mkdir(parents=True, exist_ok=True)
     _prepare_cgroups(slot)
@@ -329,7 +397,8 @@ def prepare(
     # Pods resolve through the cluster DNS; the kubelet copies search/options from this file.
     resolv = work / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\n")
-    (work / "kubelet.yaml").write_text(json.dumps(kubelet_config(slot, ports, ca_crt, resolv), indent=2))
+    config = kubelet_config(slot, ports, ca_crt, resolv, work / "pod-logs")
+    (work / "kubelet.yaml").write_text(json.dumps(config, indent=2))
     (work / "Corefile").write_text(corefile(slot, kubeconfig))
     node_labels = {nodes.LOCAL_RUNNER_LABEL: "true", nodes.POOL_LABEL: "local", nodes.RUNTIME_LABEL: "containers",
                    **(labels or {})}
@@ -345,7 +414,7 @@ def prepare(
                 str(bins["kubelet"]),
                 f"--config={work / 'kubelet.yaml'}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={work / 'kubelet'}",
+                f"--root-dir={slot.kubelet_dir}",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={slot.gateway}",
                 "--node-labels=" + ",".join(f"{k}={v}" for k, v in node_labels.items()),
@@ -383,8 +452,27 @@ def capacity_patch(gpus: int) -> dict[str, Any]:
 # -- teardown ---------------------------------------------------------------------------------
 
 
-def cleanup(slot: Slot) -> None:
-    """Kill the slot's containers and shims, unmount what they left, drop its bridge and run dir."""
+def drain(slot: Slot, timeout: float = 60.0) -> None:
+    """Stop and remove every pod sandbox through containerd (CNI DEL frees its address, veth and
+    iptables rules); call while containerd still runs and after the kubelet stopped."""
+    crictl = binaries.find_binary("crictl")
+    if crictl is None or not slot.socket.exists():
+        return
+    base = [str(crictl), "--runtime-endpoint", f"unix://{slot.socket}", "--timeout", "20s"]
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        pods = subprocess.run([*base, "pods", "-q"], capture_output=True, text=True, timeout=timeout).stdout.split()
+        if pods:
+            subprocess.run([*base, "stopp", *pods], capture_output=True, timeout=timeout, check=False)
+            subprocess.run([*base, "rmp", "-f", *pods], capture_output=True, timeout=timeout, check=False)
+
+
+def cleanup(slot: Slot, locked: bool = False) -> None:
+    """Kill the slot's containers and shims, unmount what they left, drop its bridge, iptables rules,
+    CNI cache, cgroups and run dir; restore the host's kernel settings after the last slot."""
+    if not locked:
+        with _slots_locked():
+            cleanup(slot, locked=True)
+        return
     marker = str(slot.socket)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -393,43 +481,78 @@ def cleanup(slot: Slot) -> None:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if marker in cmdline:  # the runc shims of this slot's containerd
                 os.kill(int(entry.name), signal.SIGKILL)
-    for base in _cgroup_hierarchies():
-        root = base / slot.cgroup_root.lstrip("/")
-        if not root.is_dir():
-            continue
-        for procs_file in sorted(root.rglob("cgroup.procs")):
-            with contextlib.suppress(OSError, ValueError):
-                for pid in procs_file.read_text().split():
-                    os.kill(int(pid), signal.SIGKILL)
-    time.sleep(0.2)
-    for base in _cgroup_hierarchies():
-        root = base / slot.cgroup_root.lstrip("/")
+    roots = [base / slot.cgroup_root.lstrip("/") for base in _cgroup_hierarchies()]
+    deadline = time.monotonic() + 15
+    while True:
+        pids = {pid for root in roots if root.is_dir() for f in root.rglob("cgroup.procs")
+                for pid in _read_pids(f)}
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    for root in roots:
         if root.is_dir():
             for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                 with contextlib.suppress(OSError):
                     path.rmdir()
             with contextlib.suppress(OSError):
                 root.rmdir()
-    owner = None
+    owner = cache = None
     with contextlib.suppress(OSError):
         owner = Path((slot.run_dir / "owner").read_text().strip())
-    from iclora_dev.localcluster.images import node_root
-
-    unmount_under([slot.run_dir, node_root(slot.index), *([owner / "node"] if owner else [])])
-    _sh("ip", "link", "del", slot.bridge, check=False)
-    shutil.rmtree(node_root(slot.index), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        cache = Path((slot.run_dir / "cache").read_text().strip())
+    node_root = (cache or binaries.cache_root()) / "images" / "node-roots" / str(slot.index)
+    unmount_under([slot.run_dir, slot.kubelet_dir, node_root, *([owner / "node"] if owner else [])])
+    _sweep_network(slot)
+    shutil.rmtree(node_root, ignore_errors=True)
+    shutil.rmtree(slot.kubelet_dir, ignore_errors=True)
     shutil.rmtree(slot.run_dir, ignore_errors=True)
+    _restore_host_settings()
+
+
+def _read_pids(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _sweep_network(slot: Slot) -> None:
+    """What CNI DEL would have removed for pods that never got it (a crash): the bridge plugin's
+    masquerade rules and chains (commented with the network's name) and libcni's result cache."""
+    network = f"iclora-{slot.index}"
+    listed = _sh("iptables", "-t", "nat", "-S", "POSTROUTING", check=False).stdout.splitlines()
+    for rule in listed:
+        if f'name: \\"{network}\\"' not in rule and f'name: "{network}"' not in rule:
+            continue
+        args = shlex.split(rule)
+        _sh("iptables", "-t", "nat", "-D", *args[1:], check=False)
+        chain = args[args.index("-j") + 1] if "-j" in args else ""
+        if chain.startswith("CNI-"):
+            _sh("iptables", "-t", "nat", "-F", chain, check=False)
+            _sh("iptables", "-t", "nat", "-X", chain, check=False)
+    results = Path("/var/lib/cni/results")
+    if results.is_dir():
+        for cached in results.glob(f"{network}-*"):
+            sandbox = cached.name.removeprefix(f"{network}-").rsplit("-", 1)[0]
+            (results / f"cni-loopback-{sandbox}-lo").unlink(missing_ok=True)
+            cached.unlink(missing_ok=True)
+    _sh("ip", "link", "del", slot.bridge, check=False)
 
 
 def unmount_under(roots: list[Path]) -> None:
-    """Lazily unmount every mount point below any of ``roots`` (deepest first)."""
-    prefixes = [str(r.resolve()) + "/" for r in roots if r.exists()]
-    if not prefixes:
+    """Lazily unmount every mount point at or below any of ``roots`` (deepest first; the kubelet
+    bind-mounts its root onto itself)."""
+    tops = [str(r.resolve()) for r in roots if r.exists()]
+    if not tops:
         return
     points = []
     for line in Path("/proc/self/mounts").read_text().splitlines():
         point = line.split()[1].replace("\\040", " ")
-        if any(point.startswith(p) for p in prefixes):
+        if any(point == t or point.startswith(t + "/") for t in tops):
             points.append(point)
     for point in sorted(set(points), key=lambda p: -len(p)):
         _sh("umount", "-l", point, check=False)

@@ -122,6 +122,18 @@ class Kube:
             raise ChildConflict(kind, ns, name)
         return existing
 
+    def apply_secret(self, manifest: dict[str, Any]) -> None:
+        """Create a Secret of ours, or replace the one we already own (renewed credentials).
+
+        ChildConflict when the name belongs to another object; ChildRejected when refused."""
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        existing = self.create(manifest)
+        if (existing["metadata"].get("annotations") or {}) == (manifest["metadata"].get("annotations") or {}):
+            return  # just created from this manifest (each issued session has its own expiry annotation)
+        body = {**manifest, "metadata": {**manifest["metadata"],
+                                         "resourceVersion": existing["metadata"]["resourceVersion"]}}
+        self.core.replace_namespaced_secret(name, ns, body, _preload_content=False)
+
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         readers = {
             "Job": self.batch.read_namespaced_job,
@@ -266,6 +278,11 @@ class Kube:
         except ApiException as exc:
             # An Event is a courtesy: losing one (namespace terminating, quota) must not fail a reconcile.
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
+
+    def secret_annotation(self, namespace: str, name: str, key: str) -> str | None:
+        """One annotation of a Secret (None: no such Secret or annotation)."""
+        secret = self.read("Secret", namespace, name)
+        return None if secret is None else (secret["metadata"].get("annotations") or {}).get(key)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         secret = self.read("Secret", namespace, name)

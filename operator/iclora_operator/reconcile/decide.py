@@ -47,6 +47,9 @@ class Action(StrEnum):
     # A rank of a multi-node training failed: its peers' pods (Plan.restart_pods) are deleted so
     # that the Job recreates every index and the whole gang resumes from the last checkpoint.
     RESTART_RANKS = "RestartRanks"
+    # The run's scoped store session ends soon (or its Secret is gone) while a Job of it may still
+    # start pods: issue a new one into its Secrets (pods started from then on get it).
+    RENEW_STORE_CREDENTIALS = "RenewStoreCredentials"
 
 
 @dataclass(frozen=True)
@@ -474,6 +477,11 @@ def decide(obs: Observed, now: datetime, stale_after: int = 600) -> Plan:
             known = draft.reconciling_reason in POD_START_REASONS
             if draft.phase == Phase.TRAINING and not known and _stale(obs, now, stale_after):
                 draft.reconciling_reason = Reason.NO_RECENT_PROGRESS
+
+    # Creating a Job issues a fresh session anyway; a finished run needs none.
+    creating = {Action.CREATE_PREFLIGHT, Action.CREATE_TRAINING} & set(draft.actions)
+    if obs.store_credentials_due and not creating and draft.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+        draft.actions.append(Action.RENEW_STORE_CREDENTIALS)
 
     report = obs.preflight_report
     progress = _progress(obs, prev) if obs.spec is not None else None

@@ -135,6 +135,9 @@ class Observed:
     kueue_managed: bool = False
     # Something outside the operator must happen first (e.g. a missing Secret); not terminal.
     blocked: str | None = None
+    # The run's scoped store session (issued by the operator) ends within the renewal margin, or its
+    # Secret is gone, while a Job of the run is active (iclora_operator.observe).
+    store_credentials_due: bool = False
     # A child the API server refused to create in this reconcile (terminal: ChildRejected).
     rejected: ChildRejection | None = None
     status: dict[str, Any] = field(default_factory=dict)

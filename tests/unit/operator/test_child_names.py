@@ -21,7 +21,7 @@ from iclora_operator.render import (
     render_store_secret,
     render_training_job,
 )
-from tests.helpers import render_ctx
+from tests.helpers import issued_session, render_ctx
 
 # apimachinery's validation, as regular expressions.
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -104,7 +104,7 @@ def test_rendered_children_carry_the_derived_names_and_label():
     ctx = replace(render_ctx(nodes=2), name=name)
     names = ChildNames.of(name)
     preflight, training = render_preflight_job(ctx), render_training_job(ctx, suspend=False)
-    service, secret = render_headless_service(ctx), render_store_secret(ctx, "ak", "sk")
+    service, secret = render_headless_service(ctx), render_store_secret(ctx, issued_session())
     assert [preflight["metadata"]["name"], training["metadata"]["name"], service["metadata"]["name"],
             secret["metadata"]["name"]] == [names.preflight, names.training, names.service, names.store_secret]
     for obj in (preflight, training, service, secret):
@@ -191,6 +191,9 @@ class _RefusingKube:
         self.created.append(manifest["metadata"]["name"])
         return manifest
 
+    def apply_secret(self, manifest: dict) -> None:
+        self.create(manifest)
+
     def post_event(self, _body, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
 
@@ -215,6 +218,9 @@ def test_a_refused_child_ends_the_reconcile_in_one_failed_status_write_and_a_war
                              'jobs.batch "x" is forbidden: exceeded quota: q, requested: count/jobs.batch=1')
     kube = _RefusingKube(refused)
     memo = Memo(settings=OperatorSettings(), kube=kube, metrics=Metrics())  # type: ignore[arg-type]
+    # The run's scoped session as the store's STS would issue it (tests/cluster/test_store_credentials.py
+    # issues real ones against SeaweedFS).
+    memo.sts = SimpleNamespace(issue=lambda *_args: issued_session())  # type: ignore[assignment]
     body = kopf.Body({"apiVersion": "iclora.dev/v1alpha1", "kind": "MaskedICLoraTraining",
                       "metadata": {"name": name, "namespace": ctx.namespace, "uid": ctx.uid, "generation": 1}})
     act.reconcile_guarded(body, memo, Indexes(jobs={}, profiles={}, trainings={}), None, wait=True)

@@ -108,6 +108,21 @@ def test_preflight_running():
     assert written(plan)["phase"] == "Preflight"
 
 
+def test_a_session_that_ends_soon_is_renewed_while_a_job_may_start_pods_and_never_after():
+    running = replace(BASE, preflight_job=job("t-preflight", active=1), store_credentials_due=True)
+    plan = decide(running, NOW)
+    assert plan.actions == (Action.RENEW_STORE_CREDENTIALS,)
+    # The status is the same as without renewal: renewing writes nothing the user sees.
+    assert written(plan) == written(decide(replace(running, store_credentials_due=False), NOW))
+    # Creating a Job issues a fresh session anyway: no second one in the same reconcile.
+    passed = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED,
+                     store_credentials_due=True)
+    assert decide(passed, NOW).actions == (Action.CREATE_TRAINING,)
+    # A finished run needs no session.
+    failed = replace(BASE, preflight_job=job("t-preflight", failed=True, exit_code=12), store_credentials_due=True)
+    assert Action.RENEW_STORE_CREDENTIALS not in decide(failed, NOW).actions
+
+
 def test_preflight_passed_creates_training_job():
     obs = replace(BASE, preflight_job=job("t-preflight", complete=True), preflight_report=PASSED)
     plan = decide(obs, NOW)

@@ -17,7 +17,7 @@ from iclora_operator.render import (
     render_store_secret,
     render_training_job,
 )
-from tests.helpers import container_of, env_of, pod_of
+from tests.helpers import container_of, env_of, issued_session, pod_of
 from tests.helpers import render_ctx as ctx
 
 ALL_JOBS = [
@@ -151,10 +151,28 @@ def test_kueue_label_only_on_training_job():
     assert KUEUE_QUEUE_LABEL not in render_training_job(ctx(), suspend=False)["metadata"]["labels"]
 
 
-def test_store_secret_is_owned():
-    secret = render_store_secret(ctx(), "AK", "SK")
+def test_store_secret_is_owned_and_holds_the_runs_session_not_the_platform_key():
+    secret = render_store_secret(ctx(), issued_session())
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert secret["stringData"]["AWS_ENDPOINT_URL"] == "http://s3.local:8333"
+    assert secret["metadata"]["annotations"] == {"iclora.dev/credentials-expire-at": "2026-12-01T08:00:00Z"}
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "ASIA-run", "AWS_SECRET_ACCESS_KEY": "sk",
+                                    "AWS_SESSION_TOKEN": "tok", "AWS_ENDPOINT_URL": "http://s3.local:8333",
+                                    "AWS_REGION": "us-east-1"}
+
+
+@pytest.mark.parametrize("make", ALL_JOBS)
+def test_pods_read_the_session_token_and_the_tenants_dataset_secret(make):
+    from dataclasses import replace
+
+    from iclora_api.v1alpha1 import LocalObjectReference
+
+    assert env_of(make())["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "t-store", "key": "AWS_SESSION_TOKEN", "optional": True}
+    # s3:// validation media (training pod) are read like the dataset (preflight): the tenant's Secret.
+    c = ctx()
+    c = replace(c, spec=c.spec.model_copy(update={"dataset_credentials_secret_ref": LocalObjectReference(name="mine")}))
+    for job in (render_preflight_job(c), render_training_job(c, suspend=False)):
+        assert env_of(job)["ICLORA_DATASET_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "mine"
 
 
 def test_rendering_is_deterministic():
@@ -316,9 +334,16 @@ def test_s3_model_sources_read_the_platform_store_or_the_profiles_copied_secret(
     # The platform's store, and the run writes there too: its per-run copy <name>-store.
     c = ctx(model=s3)
     assert model_store_secret(c) == "t-store" == _model_secret_of(render_training_job(c, suspend=False))
-    # The run writes to its own store (spec.output): the platform's credentials go to <name>-model-store.
+    # The run writes to its own store (spec.output): a read-only session for the model goes to
+    # <name>-model-credentials (never the platform's key).
     own = replace(c, store_secret="users-own-creds")
     assert model_store_secret(own) == "t-model-credentials" == _model_secret_of(render_training_job(own, suspend=False))
+    from iclora_operator.render import model_access, render_model_session_secret, run_access
+
+    assert run_access(own) is None and model_access(own) is not None and model_access(c) is None
+    session = render_model_session_secret(own, issued_session())
+    assert session["stringData"]["AWS_SESSION_TOKEN"] == "tok"
+    assert session["metadata"]["annotations"] == {"iclora.dev/credentials-expire-at": "2026-12-01T08:00:00Z"}
     # Another store: the profile's Secret (operator's namespace) copied to <name>-model-store, owned by the run.
     other = ctx(model={**s3, "credentials_secret_ref": {"name": "models-ro"}})
     assert model_store_secret(other) == "t-model-credentials"
@@ -333,7 +358,7 @@ def test_s3_model_sources_read_the_platform_store_or_the_profiles_copied_secret(
                                          "text_encoder": "file:///m/gemma"})) is None
 
 
-def test_the_model_store_credentials_come_from_the_operators_namespace_or_the_platform():
+def test_the_model_store_credentials_come_from_the_operators_namespace_never_the_platform_key():
     from types import SimpleNamespace
 
     from pydantic import SecretStr
@@ -349,8 +374,9 @@ def test_the_model_store_credentials_come_from_the_operators_namespace_or_the_pl
     s3 = {"checkpoint": "s3://models/ltx.safetensors", "text_encoder": "s3://models/gemma/"}
     assert _model_store_credentials(memo, ctx(model={**s3, "credentials_secret_ref": {"name": "models-ro"}})) == {
         "AWS_ACCESS_KEY_ID": "m", "AWS_SECRET_ACCESS_KEY": "n"}
-    platform = _model_store_credentials(memo, ctx(model=s3))
-    assert (platform["AWS_ACCESS_KEY_ID"], platform["AWS_ENDPOINT_URL"]) == ("p", "https://s3.platform")
+    # A model in the platform's store is read with a scoped session (run_access / model_access), never a copy.
+    with pytest.raises(ValueError, match=r"model\.credentialsSecretRef"):
+        _model_store_credentials(memo, ctx(model=s3))
     # A Secret the admin has not created yet: nothing is created, the reconcile retries and says why.
     with pytest.raises(RetryLater, match="iclora-system/absent named by the TrainingProfile"):
         _model_store_credentials(memo, ctx(model={**s3, "credentials_secret_ref": {"name": "absent"}}))

@@ -15,6 +15,12 @@ are trusted by name, and other networks by an explicit allowlist (`ICLORA_TRUSTE
 host names, addresses, CIDRs; the operator sets it from its configuration): an on-prem MinIO at
 10.0.5.7 serves datasets while the rest of the private range stays refused.
 `ICLORA_ALLOW_PRIVATE_NETWORKS=1` turns the guard off (tests and the demo).
+
+An s3:// URL is read with the tenant's own credentials (`spec.datasetCredentialsSecretRef`,
+the ICLORA_DATASET_AWS_* variables) or, without them, with the run's own session: on the
+platform's store that session reaches only the run's prefix, so another run's dataset,
+checkpoint or LoRA (or anything else in the bucket) is refused with the rule in the message.
+The platform's own key is never in a training pod.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from urllib.parse import urljoin, urlsplit
 from iclora_api.contract import (
     ALLOW_PRIVATE_NETWORKS_ENV,
     DATASET_CREDENTIALS_ENV_PREFIX,
+    STORE_ENV_NAMES,
     TRUSTED_NETWORKS_ENV,
     split_s3_uri,
 )
@@ -206,10 +213,21 @@ def _get_with_retries(url: str, policy: FetchPolicy):
     raise DatasetSourceUnavailable(f"{url}: {last} (after {policy.attempts} attempts)")
 
 
-def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Path:
+# What a refusal of an s3:// URL read with the run's own session means (the run named no
+# datasetCredentialsSecretRef): the rule, and the supported ways to hand a run its data.
+RUN_SESSION_RULE = (
+    "without spec.datasetCredentialsSecretRef an s3:// URL is read with the run's own store credentials, "
+    "which reach only the run's own prefix (never another run's dataset, checkpoints or LoRA); give the "
+    "run its data as an https:// URL (a presigned URL works) or from a store of your own named by "
+    "spec.datasetCredentialsSecretRef (docs/dataset.md)"
+)
+
+
+def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str], field: str) -> Path:
     from minio.error import S3Error
 
-    # The dataset Secret's ICLORA_DATASET_AWS_* variables, each falling back to the run store's AWS_*.
+    # The tenant's dataset Secret (ICLORA_DATASET_AWS_*) when the run names one, else the run's own session.
+    own = any(env.get(DATASET_CREDENTIALS_ENV_PREFIX + name) for name in STORE_ENV_NAMES)
     creds = StoreCredentials.from_env(env, prefix=DATASET_CREDENTIALS_ENV_PREFIX)
     endpoint = creds.endpoint
     try:
@@ -229,8 +247,10 @@ def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Pa
             raise DatasetDownloadError(f"{url}: too large ({size} bytes; limit {policy.max_bytes})")
         client.fget_object(bucket, key, str(dest))
     except S3Error as exc:
+        if exc.code in ("AccessDenied", "AllAccessDisabled") and not own:
+            raise DatasetDownloadError(f"{field} {url}: access denied: {RUN_SESSION_RULE}") from exc
         if exc.code in REFUSED_S3_CODES:
-            raise DatasetDownloadError(f"{url}: {REFUSED_S3_CODES[exc.code]}") from exc
+            raise DatasetDownloadError(f"{field} {url}: {REFUSED_S3_CODES[exc.code]}") from exc
         raise DatasetSourceUnavailable(f"{url}: the object store at {endpoint} answered {exc.code}") from exc
     except (DatasetDownloadError, DatasetSourceUnavailable):
         raise
@@ -247,8 +267,9 @@ def _s3(url: str, dest: Path, policy: FetchPolicy, env: Mapping[str, str]) -> Pa
 
 
 def fetch_dataset(url: str, dest: Path, policy: FetchPolicy | None = None,
-                  env: Mapping[str, str] | None = None) -> Path:
-    """Download `url` (http, https, s3, or a local path for the CLI) to `dest`."""
+                  env: Mapping[str, str] | None = None, field: str = "spec.trainingDataUrl") -> Path:
+    """Download `url` (http, https, s3, or a local path for the CLI) to `dest`; `field` names the
+    spec field the URL came from in the errors about what it may reach."""
     policy = policy or FetchPolicy.from_env(env)
     env = os.environ if env is None else env
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +277,7 @@ def fetch_dataset(url: str, dest: Path, policy: FetchPolicy | None = None,
     if scheme in ("http", "https"):
         return _http(url, dest, policy)
     if scheme == "s3":
-        return _s3(url, dest, policy, env)
+        return _s3(url, dest, policy, env, field)
     if scheme in ("", "file"):
         path = Path(urlsplit(url).path if scheme == "file" else url)
         if not path.is_file():
