@@ -388,7 +388,7 @@ def test_down_leaves_no_container_bridge_cgroup_or_slot(tmp_path):
     nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True, check=False).stdout
     assert f'iclora-{slot.index}' not in nat and sandbox not in nat
     assert not list(Path("/var/lib/cni/results").glob(f"*{sandbox}*"))
-    assert not (binaries.cache_root() / "images" / "node-roots" / str(slot.index)).exists()
+    assert not node.node_root(slot).exists()
     assert not slot.kubelet_dir.exists()
 
 

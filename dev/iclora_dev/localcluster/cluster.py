@@ -321,7 +321,7 @@ class LocalCluster:
         slot = node.claim_slot(self.state_dir)
         self.node_slot = slot.index
         self.save_state()
-        root = images.node_root(slot.index)
+        root = node.node_root(slot)
         images.clone_image_root(golden, root)
         cfg = self.config
         plan = node.prepare(
@@ -332,14 +332,13 @@ class LocalCluster:
         for name, argv in plan.processes:
             self._spawn(name, argv, env=plan.env)
             if name == "containerd":
-                node.wait_socket(slot, self.processes[-1])
+                node.wait_socket(slot.socket, self.processes[-1])
         self.local_node_name = node.NODE_NAME
         self.save_state()
 
     def _finish_node(self) -> None:
-        """Advertise the node's fake GPUs and its scratch disk as the pod runner's node does."""
-        cfg = self.config
-        self._core().patch_node_status(node.NODE_NAME, node.capacity_patch(cfg.local_runner_gpus))
+        """Advertise the node's fake GPUs, as the pod runner's node does (the kubelet reports the rest)."""
+        self._core().patch_node_status(node.NODE_NAME, node.capacity_patch(self.config.local_runner_gpus))
 
     def _start_kueue(self) -> None:
         from iclora_dev.localcluster import kueue

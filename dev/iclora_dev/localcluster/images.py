@@ -284,13 +284,9 @@ def golden_root(images: ImageSet) -> Path:
         _, record = procs.start("containerd-import", [str(bins["containerd"]), "--config", str(config)],
                                    images_root() / "containerd-import.log")
         try:
-            deadline = time.monotonic() + 30
-            while not sock.exists():
-                if time.monotonic() > deadline or not record.alive():
-                    raise ImageBuildError(f"containerd for the import did not start; see {record.log_path}")
-                time.sleep(0.1)
+            node.wait_socket(sock, record)
             for name in images.names:
-                _import(name, bins["ctr"], sock, run)
+                _import(name, bins["ctr"], sock)
         finally:
             record.stop()
             shutil.rmtree(run, ignore_errors=True)
@@ -299,10 +295,9 @@ def golden_root(images: ImageSet) -> Path:
         return golden
 
 
-def _import(name: str, ctr: Path, sock: Path, run: Path) -> None:
+def _import(name: str, ctr: Path, sock: Path) -> None:
     """buildah push -> uncompressed OCI archive -> ctr images import (unpacked, the archive's
     layers then dropped from the content store: the snapshots are what containers run from)."""
-    del run
     archive = images_root() / "tmp" / f"import-{os.getpid()}.tar"
     try:
         _buildah("push", "-q", "--disable-compression", name, f"oci-archive:{archive}:{name}")
@@ -313,11 +308,6 @@ def _import(name: str, ctr: Path, sock: Path, run: Path) -> None:
             raise ImageBuildError(f"loading {name} into containerd failed: {imp.stderr[-1500:]}")
     finally:
         archive.unlink(missing_ok=True)
-
-
-def node_root(slot: int) -> Path:
-    """The containerd root of a node slot: next to the golden roots (hard links need one filesystem)."""
-    return images_root() / "node-roots" / str(slot)
 
 
 # The files of a containerd root that are written in place: its metadata databases (real copies

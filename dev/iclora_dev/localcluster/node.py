@@ -361,10 +361,8 @@ def corefile(slot: Slot, kubeconfig: Path) -> str:
 class NodePlan:
     """What `LocalCluster` spawns for the node, in order: name -> argv."""
 
-    slot: Slot
     processes: list[tuple[str, list[str]]]
     env: dict[str, str]
-    kubelet_port: int
 
 
 def prepare(
@@ -422,7 +420,7 @@ def prepare(
             ],
         ),
     ]
-    return NodePlan(slot=slot, processes=processes, env=env, kubelet_port=ports[0])
+    return NodePlan(processes=processes, env=env)
 
 
 def _prepare_bridge(slot: Slot) -> None:
@@ -504,13 +502,19 @@ def cleanup(slot: Slot, locked: bool = False) -> None:
         owner = Path((slot.run_dir / "owner").read_text().strip())
     with contextlib.suppress(OSError):
         cache = Path((slot.run_dir / "cache").read_text().strip())
-    node_root = (cache or binaries.cache_root()) / "images" / "node-roots" / str(slot.index)
-    unmount_under([slot.run_dir, slot.kubelet_dir, node_root, *([owner / "node"] if owner else [])])
+    root = node_root(slot, cache)
+    unmount_under([slot.run_dir, slot.kubelet_dir, root, *([owner / "node"] if owner else [])])
     _sweep_network(slot)
-    shutil.rmtree(node_root, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(slot.kubelet_dir, ignore_errors=True)
     shutil.rmtree(slot.run_dir, ignore_errors=True)
     _restore_host_settings()
+
+
+def node_root(slot: Slot, cache: Path | None = None) -> Path:
+    """The containerd root of a slot's node: under the image cache, beside the golden image stores
+    it is cloned from (hard links need one filesystem). ``cache``: the cache root recorded at claim."""
+    return (cache or binaries.cache_root()) / "images" / "node-roots" / str(slot.index)
 
 
 def _read_pids(path: Path) -> list[int]:
@@ -569,11 +573,13 @@ def slot_of(state_dir: Path) -> Slot | None:
     return None
 
 
-def wait_socket(slot: Slot, record: procs.ProcessRecord, timeout: float = 30.0) -> None:
+def wait_socket(socket: Path, record: procs.ProcessRecord, timeout: float = 30.0) -> None:
+    """Wait until the process of ``record`` (a containerd) opens ``socket``; NodeUnavailable if it
+    exits first or takes longer than ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not slot.socket.exists():
+    while not socket.exists():
         if not record.alive():
-            raise NodeUnavailable(f"containerd exited; see {record.log_path}")
+            raise NodeUnavailable(f"{record.name} exited; see {record.log_path}")
         if time.monotonic() > deadline:
-            raise NodeUnavailable(f"containerd did not open {slot.socket} in {timeout:.0f} s")
+            raise NodeUnavailable(f"{record.name} did not open {socket} in {timeout:.0f} s")
         time.sleep(0.1)
